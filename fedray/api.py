@@ -1,0 +1,164 @@
+"""``fedray.run``: one simulation from a validated config to a run directory on disk.
+
+    import fedray
+    result = fedray.run(fedray.load_config("configs/fedavg_synthetic.yaml", overrides=["rounds=5"]))
+    result.rounds  # pandas DataFrame
+
+Owns the lifetime of everything a run needs — Ray (started locally unless an address is given or
+Ray is already initialised), the worker pool, the run directory and its sinks — and reports the
+start-up cost (Ray, pool, data) apart from the rounds' wall time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import platform
+import time
+
+import numpy as np
+
+from fedray.config import Config, dump_config
+from fedray.errors import UserError
+from fedray.results.result import Result
+from fedray.results.writer import CONFIG_FILE, TB_DIR, RunDirectory
+
+log = logging.getLogger("fedray")
+
+
+def _default_run_name(cfg: Config) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{stamp}-{cfg.source_name}"
+    suffix = 2
+    while (cfg.output.root / name).exists():
+        name = f"{stamp}-{cfg.source_name}-{suffix}"
+        suffix += 1
+    return name
+
+
+def _start_ray(cfg: Config, verbose: bool) -> bool:
+    """Connect to or start Ray. Returns True if this call started it (and must stop it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    level = logging.INFO if verbose else logging.ERROR
+    common = dict(logging_level=level, log_to_driver=verbose, configure_logging=True)
+    if cfg.execution.address:
+        try:
+            ray.init(address=cfg.execution.address, **common)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise UserError(
+                f"cannot connect to a Ray cluster at {cfg.execution.address!r} ({err}); "
+                "check the address, or drop --address to start a local Ray"
+            ) from None
+        return True
+    needed = cfg.execution.cpus_per_worker * (cfg.execution.num_workers or 1)
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, int(np.ceil(needed))) if cfg.execution.num_workers else None,
+        num_gpus=None,
+        include_dashboard=False,
+        # A local simulator has no business listening beyond this machine.
+        _node_ip_address="127.0.0.1",
+        object_store_memory=cfg.execution.object_store_mb * 2**20,
+        **common,
+    )
+    return True
+
+
+def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
+    """Run the simulation described by ``cfg`` and return its :class:`Result`."""
+    import ray
+    import torch
+
+    from fedray.clients.profiles import ProfileModel
+    from fedray.execution.pool import WorkerPool, default_num_workers
+    from fedray.progress import RoundProgress
+    from fedray.results.tensorboard import TensorBoardSink
+    from fedray.sim.sync_driver import Evaluator, SyncDriver
+    from fedray.workloads import make_workload
+
+    started_at = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    profiles = ProfileModel(cfg.clients.profile, cfg.seed)  # fails fast on a bad trace file
+    run_dir = RunDirectory(cfg.output.root, cfg.output.name or _default_run_name(cfg), cfg.output.overwrite)
+    run_dir.write_text(CONFIG_FILE, dump_config(cfg))
+    summary: dict = {
+        "status": "running", "started_at": started_at.isoformat(), "config_name": cfg.source_name,
+        "seed": cfg.seed, "rounds_planned": cfg.rounds,
+    }
+    run_dir.write_summary(summary)
+    owns_ray, pool, tb, bar = False, None, None, None
+    success = False
+    try:
+        owns_ray = _start_ray(cfg, verbose)
+        num_workers = cfg.execution.num_workers or default_num_workers(
+            cfg.execution.cpus_per_worker, cfg.execution.gpus_per_worker
+        )
+        available = ray.cluster_resources().get("CPU", 0)
+        if num_workers * cfg.execution.cpus_per_worker > available:
+            raise UserError(
+                f"execution.num_workers={num_workers} × cpus_per_worker={cfg.execution.cpus_per_worker:g} "
+                f"needs more than the {available:g} CPUs Ray has; lower either"
+            )
+        pool = WorkerPool(
+            num_workers, cpus_per_worker=cfg.execution.cpus_per_worker,
+            gpus_per_worker=cfg.execution.gpus_per_worker,
+            worker_args=(cfg.workload, cfg.client, cfg.seed, cfg.execution.data_cache_mb),
+        )
+        # The driver prepares its side while the actors import torch.
+        workload = make_workload(cfg.workload, cfg.seed)
+        evaluator = Evaluator(workload, cfg.seed, cfg.clients.num_clients, cfg.workload.eval_clients)
+        if cfg.output.tensorboard:
+            tb = TensorBoardSink(run_dir.path / TB_DIR)
+        pool.wait_ready()
+        startup_s = time.perf_counter() - t0
+        summary.update(startup_s=startup_s, num_workers=pool.size)
+
+        bar = RoundProgress(cfg.rounds, run_dir.path.name, enabled=progress)
+        last: dict = {}
+
+        def record(row: dict, events: dict, durations: np.ndarray) -> None:
+            run_dir.rounds.append({k: [v] for k, v in row.items()})
+            run_dir.clients.append(events)
+            if tb is not None:
+                tb.log_round(row, durations)
+            bar.update(row["round"], row["sim_time_s"], row["eval_accuracy"])
+            last.update(row)
+
+        driver = SyncDriver(cfg, workload, profiles, pool, evaluator, record)
+        state = driver.run()
+        success = True
+        summary.update(
+            status="completed",
+            rounds_completed=state.round,
+            sim_time_s=state.sim_time_s,
+            wall_time_s=last.get("wall_time_s"),
+            total_bytes_up=state.cum_bytes_up,
+            total_bytes_down=state.cum_bytes_down,
+            final={k: last.get(k) for k in ("eval_accuracy", "eval_loss", "global_train_loss", "train_loss")},
+        )
+    except KeyboardInterrupt:
+        summary["status"] = "interrupted"
+        raise
+    except BaseException as err:
+        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if tb is not None:
+            tb.close()
+        summary.update(
+            finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+            versions={"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
+        )
+        if success or not run_dir.replaces_existing:
+            run_dir.write_summary(summary)
+        run_dir.close(success)
+        if pool is not None:
+            pool.shutdown()
+        if owns_ray:
+            ray.shutdown()
+    return Result.from_path(run_dir.path)

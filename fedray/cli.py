@@ -1,0 +1,91 @@
+"""The ``fedray`` command line.
+
+    fedray run CONFIG [--set key=value ...] [--out DIR] [--name NAME] [--address HOST:PORT]
+    fedray validate CONFIG [--set key=value ...]
+
+User errors (bad config, file or argument) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fedray.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's default prints the whole usage block
+        self.exit(2, f"fedray: error: {message} (see 'fedray {self.prog.split()[-1]} --help')\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fedray", description="Virtual-clock federated-learning simulator on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add_config_args(p):
+        p.add_argument("config", help="YAML config file (see configs/)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set clients.num_clients=1000 (repeatable)")
+
+    run = sub.add_parser("run", help="run a simulation and write results/<name>/")
+    add_config_args(run)
+    run.add_argument("--out", help="results root directory (output.root)")
+    run.add_argument("--name", help="run name; default: <timestamp>-<config name> (output.name)")
+    run.add_argument("--address", help="connect to an existing Ray cluster, e.g. 127.0.0.1:6379")
+    run.add_argument("--workers", type=int, help="number of pool actors (execution.num_workers)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
+    validate = sub.add_parser("validate", help="check a config and print it resolved")
+    add_config_args(validate)
+    return parser
+
+
+def _cli_overrides(args) -> list[str]:
+    extra = []
+    if getattr(args, "out", None):
+        extra.append(f"output.root={args.out}")
+    if getattr(args, "name", None):
+        extra.append(f"output.name={args.name}")
+    if getattr(args, "address", None):
+        extra.append(f"execution.address={args.address}")
+    if getattr(args, "workers", None) is not None:
+        extra.append(f"execution.num_workers={args.workers}")
+    if getattr(args, "overwrite", False):
+        extra.append("output.overwrite=true")
+    return args.overrides + extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        from fedray.config import dump_config, load_config
+
+        cfg = load_config(args.config, overrides=_cli_overrides(args))
+        if args.command == "validate":
+            sys.stdout.write(dump_config(cfg))
+            return 0
+        from fedray.api import run
+
+        result = run(cfg, progress=not args.quiet, verbose=args.verbose)
+    except UserError as err:
+        print(f"fedray: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("fedray: interrupted", file=sys.stderr)
+        return 130
+    summary = result.summary
+    final = summary.get("final", {})
+    acc = final.get("eval_accuracy")
+    print(
+        f"fedray: {summary['rounds_completed']} rounds, sim {summary['sim_time_s']:.1f}s, "
+        f"wall {summary['wall_time_s']:.1f}s (+{summary['startup_s']:.1f}s start-up), "
+        f"eval_accuracy {acc:.4f} -> {result.path}" if acc is not None else f"fedray: done -> {result.path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""A small pool of Ray actors that executes groups of virtual clients.
+
+About one actor per CPU (or per GPU fraction) — never one per client. Each call carries a whole
+group of clients so the ~1 ms actor round trip is amortised. Groups are handed out dynamically,
+most expensive first (longest-processing-time-first keeps the makespan short under heavy-tailed
+client sizes), with a little queueing per actor so no actor idles between calls. Results are
+returned in group order, whatever order they finished in, so downstream sums are deterministic.
+An actor that dies is replaced and its groups are retried on the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import ray
+
+from fedray.errors import UserError
+from fedray.execution.worker import ClientWorker, GroupResult, Task
+
+log = logging.getLogger(__name__)
+_IN_FLIGHT_PER_ACTOR = 2
+_MAX_RETRIES = 3
+
+
+def default_num_workers(cpus_per_worker: float, gpus_per_worker: float) -> int:
+    resources = ray.cluster_resources()
+    by_cpu = int(resources.get("CPU", 1) // cpus_per_worker)
+    if gpus_per_worker > 0:
+        by_gpu = int(resources.get("GPU", 0) // gpus_per_worker)
+        if by_gpu == 0:
+            raise UserError(
+                f"execution.gpus_per_worker={gpus_per_worker} but the Ray cluster has no GPU; "
+                "set it to 0 or connect to a cluster with GPUs"
+            )
+        return max(1, min(by_cpu, by_gpu))
+    return max(1, by_cpu)
+
+
+class WorkerPool:
+    """A fixed-size set of :class:`ClientWorker` actors."""
+
+    def __init__(self, num_workers: int, *, cpus_per_worker: float, gpus_per_worker: float, worker_args: tuple):
+        resources = ray.cluster_resources()
+        if cpus_per_worker > resources.get("CPU", 0):
+            raise UserError(
+                f"execution.cpus_per_worker={cpus_per_worker} exceeds the {resources.get('CPU', 0):g} "
+                "CPUs of the Ray cluster; lower it"
+            )
+        self._remote = ray.remote(ClientWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
+        self._args = worker_args
+        self.actors = [self._remote.remote(*worker_args) for _ in range(num_workers)]
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    def wait_ready(self) -> None:
+        ray.get([a.ready.remote() for a in self.actors])
+
+    def run_groups(
+        self, params_ref, round_: int, groups: Sequence[list[Task]], costs: Sequence[float], mu: float
+    ) -> list[GroupResult]:
+        """Train every group against the model behind ``params_ref``; results in group order."""
+        pending = [int(i) for i in np.argsort(-np.asarray(costs, dtype=np.float64), kind="stable")]
+        results: list[GroupResult | None] = [None] * len(groups)
+        retries = [0] * len(groups)
+        in_flight: dict[ray.ObjectRef, tuple[int, int]] = {}  # ref -> (group, actor slot)
+        load = [0] * len(self.actors)
+
+        def submit(slot: int) -> None:
+            group = pending.pop(0)
+            ref = self.actors[slot].run_group.remote(params_ref, group, round_, groups[group], mu)
+            in_flight[ref] = (group, slot)
+            load[slot] += 1
+
+        while pending or in_flight:
+            for slot in range(len(self.actors)):
+                while pending and load[slot] < _IN_FLIGHT_PER_ACTOR:
+                    submit(slot)
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            group, slot = in_flight.pop(done[0])
+            load[slot] -= 1
+            try:
+                results[group] = ray.get(done[0])
+            except ray.exceptions.RayActorError as err:
+                retries[group] += 1
+                if retries[group] > _MAX_RETRIES:
+                    raise RuntimeError(f"group {group} failed {_MAX_RETRIES} times: {err}") from err
+                log.warning("worker %d died (%s); replacing it and retrying group %d", slot, err, group)
+                self._replace(slot, in_flight, pending)
+                pending.insert(0, group)
+                load[slot] = 0
+        return results  # type: ignore[return-value]
+
+    def _replace(self, slot: int, in_flight: dict, pending: list[int]) -> None:
+        # Other calls queued on the dead actor fail too; requeue them now rather than wait.
+        for ref, (group, s) in list(in_flight.items()):
+            if s == slot:
+                del in_flight[ref]
+                pending.insert(0, group)
+        self.actors[slot] = self._remote.remote(*self._args)
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []

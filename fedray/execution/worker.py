@@ -1,0 +1,97 @@
+"""The code that runs inside one pool actor: local training of a group of virtual clients.
+
+A worker is long-lived and executes many virtual clients one after another. For a linear
+aggregator it returns the group's pre-summed update Σ n_k Δ_k (in float64, summed in the group's
+fixed client order), so the driver holds O(model) memory however many clients a round has.
+Client data is generated on demand from (seed, client id) and kept in a bounded LRU cache.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Task:
+    client_id: int
+    local_epochs: int
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    group_index: int
+    update_sum: np.ndarray  # Σ n_k (w_k − w^t), float64
+    weight_sum: float  # Σ n_k
+    client_ids: np.ndarray
+    num_samples: np.ndarray
+    train_loss: np.ndarray
+    steps: np.ndarray
+
+
+class ClientWorker:
+    """Executes groups of client tasks against a given global model. Wrapped as a Ray actor by
+    :class:`fedray.execution.pool.WorkerPool`; usable directly in-process too."""
+
+    def __init__(self, workload_cfg, client_cfg, seed: int, data_cache_mb: int = 256):
+        import torch
+
+        # One intra-op thread per actor: parallelism comes from the pool, and oversubscribed
+        # BLAS threads make small-model training several times slower.
+        torch.set_num_threads(1)
+        from fedray.workloads import make_workload
+
+        self.workload = make_workload(workload_cfg, seed)
+        self.client_cfg = client_cfg
+        self.seed = seed
+        self.model = self.workload.build_model()
+        self._cache: OrderedDict[int, object] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_budget = data_cache_mb * 2**20
+
+    def ready(self) -> bool:
+        return True
+
+    def _data(self, client_id: int):
+        data = self._cache.get(client_id)
+        if data is not None:
+            self._cache.move_to_end(client_id)
+            return data
+        data = self.workload.client_data(client_id)
+        size = data.nbytes
+        if size <= self._cache_budget:
+            self._cache[client_id] = data
+            self._cache_bytes += size
+            while self._cache_bytes > self._cache_budget:
+                _, evicted = self._cache.popitem(last=False)
+                self._cache_bytes -= evicted.nbytes
+        return data
+
+    def run_group(self, global_params: np.ndarray, group_index: int, round_: int, tasks: list[Task], mu: float) -> GroupResult:
+        from fedray import seeding
+        from fedray.training import flat_params, load_flat_params
+
+        import torch
+
+        base = np.asarray(global_params, dtype=np.float32)
+        base_tensor = torch.tensor(base)  # one private copy per group, loaded per client
+        update_sum = np.zeros(base.shape, dtype=np.float64)
+        n = len(tasks)
+        ids, samples = np.empty(n, np.int64), np.empty(n, np.int64)
+        losses, steps = np.empty(n, np.float64), np.empty(n, np.int64)
+        weight_sum = 0.0
+        for i, task in enumerate(tasks):
+            load_flat_params(self.model, base_tensor)
+            data = self._data(task.client_id)
+            rng = seeding.generator(self.seed, "shuffle", task.client_id, round_)
+            stats = self.workload.local_train(
+                self.model, data, epochs=task.local_epochs, lr=self.client_cfg.lr,
+                batch_size=self.client_cfg.batch_size, mu=mu, rng=rng,
+            )
+            weight = len(data.x_train)
+            update_sum += weight * (flat_params(self.model) - base).astype(np.float64)
+            weight_sum += weight
+            ids[i], samples[i], losses[i], steps[i] = task.client_id, weight, stats.loss, stats.steps
+        return GroupResult(group_index, update_sum, weight_sum, ids, samples, losses, steps)

@@ -1,0 +1,56 @@
+"""The fixed schemas of fedray's tables, declared once.
+
+``rounds.parquet`` has one row per server update; ``client_events.parquet`` one row per client
+task. Times are seconds: ``*_time_s`` columns are simulated and cumulative from the run's virtual
+start, except ``wall_time_s`` which is wall-clock seconds since the first round began.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+ROUNDS_SCHEMA = pa.schema(
+    [
+        pa.field("round", pa.int64()),
+        pa.field("sim_time_s", pa.float64()),
+        pa.field("round_duration_s", pa.float64()),
+        pa.field("wall_time_s", pa.float64()),
+        pa.field("model_version", pa.int64()),
+        pa.field("num_selected", pa.int64()),
+        pa.field("num_completed", pa.int64()),
+        pa.field("num_partial", pa.int64()),
+        pa.field("num_dropped", pa.int64()),
+        pa.field("num_stragglers", pa.int64()),
+        pa.field("bytes_up", pa.int64()),
+        pa.field("bytes_down", pa.int64()),
+        pa.field("cum_bytes_up", pa.int64()),
+        pa.field("cum_bytes_down", pa.int64()),
+        pa.field("train_loss", pa.float64()),
+        pa.field("eval_loss", pa.float64()),
+        pa.field("eval_accuracy", pa.float64()),
+        pa.field("global_train_loss", pa.float64()),
+        pa.field("global_train_accuracy", pa.float64()),
+    ]
+)
+
+CLIENT_EVENTS_SCHEMA = pa.schema(
+    [
+        pa.field("round", pa.int64()),
+        pa.field("client_id", pa.int64()),
+        pa.field("status", pa.string()),
+        pa.field("dispatch_time_s", pa.float64()),
+        pa.field("finish_time_s", pa.float64()),
+        pa.field("download_s", pa.float64()),
+        pa.field("compute_s", pa.float64()),
+        pa.field("upload_s", pa.float64()),
+        pa.field("num_samples", pa.int64()),
+        pa.field("local_epochs", pa.int64()),
+        pa.field("bytes_up", pa.int64()),
+        pa.field("bytes_down", pa.int64()),
+        pa.field("train_loss", pa.float64()),
+    ]
+)
+
+# Columns that depend on the machine rather than the config and seed; everything else is
+# identical across worker counts.
+NONDETERMINISTIC_COLUMNS = ("wall_time_s",)

@@ -1,0 +1,188 @@
+"""The synchronous driver: select → cost model → deadline policy → dispatch → aggregate → record.
+
+Per round: sample the cohort from (seed, round); plan the round in virtual time
+(:mod:`fedray.sim.round_plan`); train only the accepted clients on the worker pool, in groups of
+``execution.clients_per_task`` cut from the cohort in its seeded order (never by worker count);
+sum the groups' pre-summed updates in group order; take the strategy's server step; evaluate;
+hand the rows to the recorder. The global model goes into Ray's object store once per round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+
+from fedray import seeding
+from fedray.clients.profiles import ProfileModel
+from fedray.config import Config
+from fedray.execution.pool import WorkerPool
+from fedray.execution.worker import Task
+from fedray.sim.round_plan import DROPPED, PARTIAL, STRAGGLER, RoundPlan, plan_round
+from fedray.sim.selection import select_clients
+from fedray.strategies import ServerState, make_strategy
+from fedray.training import flat_params, load_flat_params
+from fedray.workloads import Workload
+
+
+@dataclass
+class DriverState:
+    """Everything the driver carries from one round to the next."""
+
+    server: ServerState
+    round: int = 0
+    sim_time_s: float = 0.0
+    cum_bytes_up: int = 0
+    cum_bytes_down: int = 0
+
+
+class Evaluator:
+    """Global evaluation on a fixed, seeded set of clients' splits, run on the driver."""
+
+    def __init__(self, workload: Workload, seed: int, num_clients: int, eval_clients: int):
+        rng = seeding.generator(seed, "eval")
+        ids = np.sort(rng.choice(num_clients, size=min(eval_clients, num_clients), replace=False))
+        parts = [workload.client_data(int(i)) for i in ids]
+        self.client_ids = ids
+        self.x_test = torch.cat([p.x_test for p in parts])
+        self.y_test = torch.cat([p.y_test for p in parts])
+        self.x_train = torch.cat([p.x_train for p in parts])
+        self.y_train = torch.cat([p.y_train for p in parts])
+        self.workload = workload
+        self.model = workload.build_model()
+
+    def __call__(self, params: np.ndarray) -> dict[str, float]:
+        load_flat_params(self.model, params)
+        test = self.workload.evaluate(self.model, self.x_test, self.y_test)
+        train = self.workload.evaluate(self.model, self.x_train, self.y_train)
+        return {
+            "eval_loss": test["loss"],
+            "eval_accuracy": test["accuracy"],
+            "global_train_loss": train["loss"],
+            "global_train_accuracy": train["accuracy"],
+        }
+
+
+def initial_params(workload: Workload, seed: int) -> np.ndarray:
+    # torch's initialisers draw from its global RNG; fork it so the run's seed decides the
+    # initial model without leaking into (or depending on) anything else in the process.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeding.purpose_code("init") ^ seed)
+        return flat_params(workload.build_model())
+
+
+def make_groups(plan: RoundPlan, num_samples: np.ndarray, clients_per_task: int) -> tuple[list[list[Task]], list[float]]:
+    """Cut the accepted clients, in cohort order, into fixed-size groups; cost ≈ samples×epochs."""
+    index = np.flatnonzero(plan.accepted)
+    groups, costs = [], []
+    for start in range(0, len(index), clients_per_task):
+        chunk = index[start : start + clients_per_task]
+        groups.append([Task(int(plan.client_ids[i]), int(plan.local_epochs[i])) for i in chunk])
+        costs.append(float(np.sum(num_samples[chunk] * plan.local_epochs[chunk])))
+    return groups, costs
+
+
+class SyncDriver:
+    def __init__(self, cfg: Config, workload: Workload, profiles: ProfileModel, pool: WorkerPool,
+                 evaluator: Evaluator, recorder: Callable[..., None]):
+        self.cfg = cfg
+        self.workload = workload
+        self.profiles = profiles
+        self.pool = pool
+        self.evaluate = evaluator
+        self.record = recorder
+        self.strategy = make_strategy(cfg.strategy)
+        params = initial_params(workload, cfg.seed)
+        self.state = DriverState(server=self.strategy.init(params))
+        # Without a codec the payload is the float32 parameter vector, both ways.
+        self.model_bytes = int(params.nbytes)
+        self.update_bytes = int(params.nbytes)
+
+    def run(self) -> DriverState:
+        wall_start = time.perf_counter()
+        for _ in range(self.cfg.rounds):
+            self.step(wall_start)
+        return self.state
+
+    def step(self, wall_start: float) -> None:
+        cfg, state = self.cfg, self.state
+        round_ = state.round + 1
+        cohort = select_clients(seed=cfg.seed, round_=round_, num_clients=cfg.clients.num_clients,
+                                count=cfg.num_selected, profiles=self.profiles)
+        num_samples = self.workload.num_train_samples(cohort)
+        plan = plan_round(
+            seed=cfg.seed, round_=round_, client_ids=cohort, profiles=self.profiles.lookup(cohort),
+            num_samples=num_samples, local_epochs=cfg.client.local_epochs,
+            model_bytes=self.model_bytes, update_bytes=self.update_bytes,
+            clients_per_round=cfg.clients_per_round, deadline_s=cfg.deadline_s, policy=cfg.stragglers,
+        )
+        groups, costs = make_groups(plan, num_samples, cfg.execution.clients_per_task)
+
+        losses = np.full(len(cohort), np.nan)
+        if groups:
+            params_ref = ray.put(state.server.params)
+            results = self.pool.run_groups(params_ref, round_, groups, costs, self.strategy.client_mu)
+            del params_ref
+            update_sum = np.zeros(state.server.params.shape, dtype=np.float64)
+            weight_sum = 0.0
+            position = {int(c): i for i, c in enumerate(cohort)}
+            for result in results:  # group order: the sum is the same for any number of workers
+                update_sum += result.update_sum
+                weight_sum += result.weight_sum
+                for cid, loss in zip(result.client_ids, result.train_loss, strict=True):
+                    losses[position[int(cid)]] = loss
+            state.server = self.strategy.apply(state.server, update_sum, weight_sum)
+
+        dispatch = state.sim_time_s
+        state.sim_time_s += plan.duration_s
+        state.round = round_
+        bytes_up, bytes_down = int(plan.bytes_up.sum()), int(plan.bytes_down.sum())
+        state.cum_bytes_up += bytes_up
+        state.cum_bytes_down += bytes_down
+
+        metrics = {"eval_loss": np.nan, "eval_accuracy": np.nan,
+                   "global_train_loss": np.nan, "global_train_accuracy": np.nan}
+        if round_ % cfg.eval_every == 0 or round_ == cfg.rounds:
+            metrics = self.evaluate(state.server.params)
+
+        accepted = plan.accepted
+        weights = num_samples[accepted]
+        train_loss = float(np.average(losses[accepted], weights=weights)) if weights.sum() > 0 else np.nan
+        row = {
+            "round": round_,
+            "sim_time_s": state.sim_time_s,
+            "round_duration_s": plan.duration_s,
+            "wall_time_s": time.perf_counter() - wall_start,
+            "model_version": state.server.version,
+            "num_selected": len(cohort),
+            "num_completed": int(accepted.sum()),
+            "num_partial": int((plan.status == PARTIAL).sum()),
+            "num_dropped": int((plan.status == DROPPED).sum()),
+            "num_stragglers": int((plan.status == STRAGGLER).sum()),
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "cum_bytes_up": state.cum_bytes_up,
+            "cum_bytes_down": state.cum_bytes_down,
+            "train_loss": train_loss,
+            **metrics,
+        }
+        events = {
+            "round": np.full(len(cohort), round_, dtype=np.int64),
+            "client_id": plan.client_ids,
+            "status": plan.status.astype(str),
+            "dispatch_time_s": np.full(len(cohort), dispatch),
+            "finish_time_s": dispatch + plan.finish_s,
+            "download_s": plan.times.download_s,
+            "compute_s": plan.times.compute_s,
+            "upload_s": plan.times.upload_s,
+            "num_samples": num_samples,
+            "local_epochs": plan.local_epochs,
+            "bytes_up": plan.bytes_up,
+            "bytes_down": plan.bytes_down,
+            "train_loss": losses,
+        }
+        self.record(row, events, plan.finish_s[accepted])

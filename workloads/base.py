@@ -1,0 +1,60 @@
+"""The ``Workload`` interface: what the simulator needs from a federated task.
+
+A workload owns its data (a pure function of the seed and a client id), its model and its local
+training/evaluation. The engine owns everything else — selection, time, aggregation, I/O — so a
+workload never sees Ray, clocks or files.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedray.training import TrainStats
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's tensors: a train split used for local training and a held-out test split."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement() for t in (self.x_train, self.y_train, self.x_test, self.y_test))
+
+
+class Workload(ABC):
+    """A federated task. Subclasses are built from the ``workload`` config section and the seed."""
+
+    name: str
+
+    @abstractmethod
+    def num_train_samples(self, client_ids: np.ndarray) -> np.ndarray:
+        """Train-split sizes of the given clients, cheaply, without generating their data.
+        The driver needs them for the cost model and the aggregation weights."""
+
+    @abstractmethod
+    def client_data(self, client_id: int) -> ClientData:
+        """The client's data; deterministic in (seed, client id)."""
+
+    @abstractmethod
+    def build_model(self) -> torch.nn.Module:
+        """A fresh model. Initial global weights come from the driver, not from this call."""
+
+    @abstractmethod
+    def local_train(
+        self, model: torch.nn.Module, data: ClientData, *, epochs: int, lr: float,
+        batch_size: int, mu: float, rng: np.random.Generator,
+    ) -> TrainStats:
+        """Train ``model`` in place on the client's train split."""
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Metrics of ``model`` on stacked examples; must include ``loss`` and ``accuracy``."""

@@ -56,7 +56,9 @@ def _start_ray(cfg: Config, verbose: bool) -> bool:
         return True
     needed = cfg.execution.cpus_per_worker * (cfg.execution.num_workers or 1)
     ray.init(
-        num_cpus=max(os.cpu_count() or 1, int(np.ceil(needed))) if cfg.execution.num_workers else None,
+        num_cpus=max(os.cpu_count() or 1, int(np.ceil(needed)))
+        if cfg.execution.num_workers
+        else None,
         num_gpus=None,
         include_dashboard=False,
         # A local simulator has no business listening beyond this machine.
@@ -79,14 +81,19 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
     from fedray.sim.sync_driver import Evaluator, SyncDriver
     from fedray.workloads import make_workload
 
-    started_at = dt.datetime.now(dt.timezone.utc)
+    started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     profiles = ProfileModel(cfg.clients.profile, cfg.seed)  # fails fast on a bad trace file
-    run_dir = RunDirectory(cfg.output.root, cfg.output.name or _default_run_name(cfg), cfg.output.overwrite)
+    run_dir = RunDirectory(
+        cfg.output.root, cfg.output.name or _default_run_name(cfg), cfg.output.overwrite
+    )
     run_dir.write_text(CONFIG_FILE, dump_config(cfg))
     summary: dict = {
-        "status": "running", "started_at": started_at.isoformat(), "config_name": cfg.source_name,
-        "seed": cfg.seed, "rounds_planned": cfg.rounds,
+        "status": "running",
+        "started_at": started_at.isoformat(),
+        "config_name": cfg.source_name,
+        "seed": cfg.seed,
+        "rounds_planned": cfg.rounds,
     }
     run_dir.write_summary(summary)
     owns_ray, pool, tb, bar = False, None, None, None
@@ -103,13 +110,16 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
                 f"needs more than the {available:g} CPUs Ray has; lower either"
             )
         pool = WorkerPool(
-            num_workers, cpus_per_worker=cfg.execution.cpus_per_worker,
+            num_workers,
+            cpus_per_worker=cfg.execution.cpus_per_worker,
             gpus_per_worker=cfg.execution.gpus_per_worker,
             worker_args=(cfg.workload, cfg.client, cfg.seed, cfg.execution.data_cache_mb),
         )
         # The driver prepares its side while the actors import torch.
         workload = make_workload(cfg.workload, cfg.seed)
-        evaluator = Evaluator(workload, cfg.seed, cfg.clients.num_clients, cfg.workload.eval_clients)
+        evaluator = Evaluator(
+            workload, cfg.seed, cfg.clients.num_clients, cfg.workload.eval_clients
+        )
         if cfg.output.tensorboard:
             tb = TensorBoardSink(run_dir.path / TB_DIR)
         pool.wait_ready()
@@ -137,7 +147,10 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
             wall_time_s=last.get("wall_time_s"),
             total_bytes_up=state.cum_bytes_up,
             total_bytes_down=state.cum_bytes_down,
-            final={k: last.get(k) for k in ("eval_accuracy", "eval_loss", "global_train_loss", "train_loss")},
+            final={
+                k: last.get(k)
+                for k in ("eval_accuracy", "eval_loss", "global_train_loss", "train_loss")
+            },
         )
     except KeyboardInterrupt:
         summary["status"] = "interrupted"
@@ -151,8 +164,12 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
         if tb is not None:
             tb.close()
         summary.update(
-            finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-            versions={"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
+            finished_at=dt.datetime.now(dt.UTC).isoformat(),
+            versions={
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "ray": ray.__version__,
+            },
         )
         if success or not run_dir.replaces_existing:
             run_dir.write_summary(summary)

@@ -20,13 +20,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fedray", description="Virtual-clock federated-learning simulator on Ray.")
+    parser = _Parser(
+        prog="fedray", description="Virtual-clock federated-learning simulator on Ray."
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add_config_args(p):
         p.add_argument("config", help="YAML config file (see configs/)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set clients.num_clients=1000 (repeatable)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set clients.num_clients=1000 (repeatable)",
+        )
 
     run = sub.add_parser("run", help="run a simulation and write results/<name>/")
     add_config_args(run)
@@ -82,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"fedray: {summary['rounds_completed']} rounds, sim {summary['sim_time_s']:.1f}s, "
         f"wall {summary['wall_time_s']:.1f}s (+{summary['startup_s']:.1f}s start-up), "
-        f"eval_accuracy {acc:.4f} -> {result.path}" if acc is not None else f"fedray: done -> {result.path}"
+        f"eval_accuracy {acc:.4f} -> {result.path}"
+        if acc is not None
+        else f"fedray: done -> {result.path}"
     )
     return 0
 

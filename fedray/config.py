@@ -277,8 +277,11 @@ def _model_at(path: list[str]) -> type[BaseModel] | None:
             return None
         ann = model.model_fields[part].annotation
         model = next(
-            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
-             and issubclass(a, BaseModel)),
+            (
+                a
+                for a in getattr(ann, "__args__", (ann,))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ),
             ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None,
         )
     return model
@@ -335,7 +338,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must be a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {str(path)!r} must be a mapping of keys, got {type(data).__name__}"
+        )
     cfg = config_from_dict(data, overrides)
     if cfg.clients.profile.trace is not None and not cfg.clients.profile.trace.is_absolute():
         # Trace paths are relative to the config file, so configs stay runnable from anywhere.

@@ -31,9 +31,14 @@ class RoundProgress:
         self._every = max(1, total_rounds // 10)
         if self._live:
             self._bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("sim {task.fields[sim]}"), TextColumn("acc {task.fields[acc]}"),
-                TimeElapsedColumn(), console=self.console, transient=False,
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("sim {task.fields[sim]}"),
+                TextColumn("acc {task.fields[acc]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=False,
             )
             self._task = self._bar.add_task(description, total=total_rounds, sim="0s", acc="–")
             self._bar.start()
@@ -46,8 +51,10 @@ class RoundProgress:
         if self._live:
             self._bar.update(self._task, completed=round_, sim=_fmt_sim(sim_time_s), acc=self._acc)
         elif round_ % self._every == 0 or round_ == self.total:
-            self.console.print(f"round {round_}/{self.total}  sim {_fmt_sim(sim_time_s)}  acc {self._acc}",
-                               highlight=False)
+            self.console.print(
+                f"round {round_}/{self.total}  sim {_fmt_sim(sim_time_s)}  acc {self._acc}",
+                highlight=False,
+            )
 
     def close(self) -> None:
         if self._live:

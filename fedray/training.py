@@ -71,11 +71,16 @@ def local_sgd(
         order = torch.from_numpy(rng.permutation(n))
         xs, ys = x[order], y[order]
         for start in range(0, n, batch_size):
-            loss = F.cross_entropy(model(xs[start : start + batch_size]), ys[start : start + batch_size])
+            loss = F.cross_entropy(
+                model(xs[start : start + batch_size]), ys[start : start + batch_size]
+            )
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 if anchor is not None:
-                    grads = [g.add(p - a, alpha=mu) for g, p, a in zip(grads, params, anchor, strict=True)]
+                    grads = [
+                        g.add(p - a, alpha=mu)
+                        for g, p, a in zip(grads, params, anchor, strict=True)
+                    ]
                 torch._foreach_add_(params, grads, alpha=-lr)
                 loss_sum += loss.detach()
             steps += 1
@@ -83,7 +88,9 @@ def local_sgd(
 
 
 @torch.no_grad()
-def evaluate_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def evaluate_classifier(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` on (x, y)."""
     if len(x) == 0:
         return float("nan"), float("nan")

@@ -27,7 +27,10 @@ class ClientData:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.nelement() for t in (self.x_train, self.y_train, self.x_test, self.y_test))
+        return sum(
+            t.element_size() * t.nelement()
+            for t in (self.x_train, self.y_train, self.x_test, self.y_test)
+        )
 
 
 class Workload(ABC):
@@ -50,11 +53,20 @@ class Workload(ABC):
 
     @abstractmethod
     def local_train(
-        self, model: torch.nn.Module, data: ClientData, *, epochs: int, lr: float,
-        batch_size: int, mu: float, rng: np.random.Generator,
+        self,
+        model: torch.nn.Module,
+        data: ClientData,
+        *,
+        epochs: int,
+        lr: float,
+        batch_size: int,
+        mu: float,
+        rng: np.random.Generator,
     ) -> TrainStats:
         """Train ``model`` in place on the client's train split."""
 
     @abstractmethod
-    def evaluate(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def evaluate(
+        self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, float]:
         """Metrics of ``model`` on stacked examples; must include ``loss`` and ``accuracy``."""

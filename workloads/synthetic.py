@@ -83,13 +83,23 @@ class Synthetic(Workload):
     def build_model(self) -> nn.Module:
         if self.cfg.model == "mlp":
             return nn.Sequential(
-                nn.Linear(NUM_FEATURES, self.cfg.hidden), nn.ReLU(), nn.Linear(self.cfg.hidden, NUM_CLASSES)
+                nn.Linear(NUM_FEATURES, self.cfg.hidden),
+                nn.ReLU(),
+                nn.Linear(self.cfg.hidden, NUM_CLASSES),
             )
         return nn.Linear(NUM_FEATURES, NUM_CLASSES)  # multinomial logistic regression
 
     def local_train(self, model, data, *, epochs, lr, batch_size, mu, rng) -> TrainStats:
-        return local_sgd(model, data.x_train, data.y_train, epochs=epochs, lr=lr,
-                         batch_size=batch_size, mu=mu, rng=rng)
+        return local_sgd(
+            model,
+            data.x_train,
+            data.y_train,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            mu=mu,
+            rng=rng,
+        )
 
     def evaluate(self, model, x, y) -> dict[str, float]:
         loss, accuracy = evaluate_classifier(model, x, y)

@@ -97,7 +97,9 @@ def load_trace(path: Path) -> dict[str, np.ndarray]:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"trace file {str(path)!r} not found; set clients.profile.trace to a CSV or Parquet file")
+        raise UserError(
+            f"trace file {str(path)!r} not found; set clients.profile.trace to a CSV or Parquet file"
+        )
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
@@ -135,7 +137,7 @@ def load_trace(path: Path) -> dict[str, np.ndarray]:
             row = int(np.argmax(bad))
             raise UserError(
                 f"trace file {str(path)!r}: column {field!r} has an invalid value "
-                f"{frame[field].iloc[row]!r} at row {row + 1}; see the README for units and ranges"
+                f"{str(frame[field].iloc[row])!r} at row {row + 1}; see the README for units and ranges"
             )
         trace[field] = values
     return trace

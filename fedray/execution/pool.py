@@ -41,14 +41,23 @@ def default_num_workers(cpus_per_worker: float, gpus_per_worker: float) -> int:
 class WorkerPool:
     """A fixed-size set of :class:`ClientWorker` actors."""
 
-    def __init__(self, num_workers: int, *, cpus_per_worker: float, gpus_per_worker: float, worker_args: tuple):
+    def __init__(
+        self,
+        num_workers: int,
+        *,
+        cpus_per_worker: float,
+        gpus_per_worker: float,
+        worker_args: tuple,
+    ):
         resources = ray.cluster_resources()
         if cpus_per_worker > resources.get("CPU", 0):
             raise UserError(
                 f"execution.cpus_per_worker={cpus_per_worker} exceeds the {resources.get('CPU', 0):g} "
                 "CPUs of the Ray cluster; lower it"
             )
-        self._remote = ray.remote(ClientWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
+        self._remote = ray.remote(ClientWorker).options(
+            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker
+        )
         self._args = worker_args
         self.actors = [self._remote.remote(*worker_args) for _ in range(num_workers)]
 
@@ -60,7 +69,12 @@ class WorkerPool:
         ray.get([a.ready.remote() for a in self.actors])
 
     def run_groups(
-        self, params_ref, round_: int, groups: Sequence[list[Task]], costs: Sequence[float], mu: float
+        self,
+        params_ref,
+        round_: int,
+        groups: Sequence[list[Task]],
+        costs: Sequence[float],
+        mu: float,
     ) -> list[GroupResult]:
         """Train every group against the model behind ``params_ref``; results in group order."""
         pending = [int(i) for i in np.argsort(-np.asarray(costs, dtype=np.float64), kind="stable")]
@@ -88,7 +102,9 @@ class WorkerPool:
                 retries[group] += 1
                 if retries[group] > _MAX_RETRIES:
                     raise RuntimeError(f"group {group} failed {_MAX_RETRIES} times: {err}") from err
-                log.warning("worker %d died (%s); replacing it and retrying group %d", slot, err, group)
+                log.warning(
+                    "worker %d died (%s); replacing it and retrying group %d", slot, err, group
+                )
                 self._replace(slot, in_flight, pending)
                 pending.insert(0, group)
                 load[slot] = 0

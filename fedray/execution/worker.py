@@ -69,11 +69,13 @@ class ClientWorker:
                 self._cache_bytes -= evicted.nbytes
         return data
 
-    def run_group(self, global_params: np.ndarray, group_index: int, round_: int, tasks: list[Task], mu: float) -> GroupResult:
+    def run_group(
+        self, global_params: np.ndarray, group_index: int, round_: int, tasks: list[Task], mu: float
+    ) -> GroupResult:
+        import torch
+
         from fedray import seeding
         from fedray.training import flat_params, load_flat_params
-
-        import torch
 
         base = np.asarray(global_params, dtype=np.float32)
         base_tensor = torch.tensor(base)  # one private copy per group, loaded per client
@@ -87,11 +89,21 @@ class ClientWorker:
             data = self._data(task.client_id)
             rng = seeding.generator(self.seed, "shuffle", task.client_id, round_)
             stats = self.workload.local_train(
-                self.model, data, epochs=task.local_epochs, lr=self.client_cfg.lr,
-                batch_size=self.client_cfg.batch_size, mu=mu, rng=rng,
+                self.model,
+                data,
+                epochs=task.local_epochs,
+                lr=self.client_cfg.lr,
+                batch_size=self.client_cfg.batch_size,
+                mu=mu,
+                rng=rng,
             )
             weight = len(data.x_train)
             update_sum += weight * (flat_params(self.model) - base).astype(np.float64)
             weight_sum += weight
-            ids[i], samples[i], losses[i], steps[i] = task.client_id, weight, stats.loss, stats.steps
+            ids[i], samples[i], losses[i], steps[i] = (
+                task.client_id,
+                weight,
+                stats.loss,
+                stats.steps,
+            )
         return GroupResult(group_index, update_sum, weight_sum, ids, samples, losses, steps)

@@ -1,7 +1,7 @@
 """A finished run, rebuilt from its directory.
 
-    result = fedray.Result.from_path("results/prox90")
-    result.rounds.plot(x="sim_time_s", y="eval_accuracy")
+result = fedray.Result.from_path("results/prox90")
+result.rounds.plot(x="sim_time_s", y="eval_accuracy")
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ class Result:
         path = Path(path)
         missing = [f for f in (ROUNDS_FILE, CLIENTS_FILE, SUMMARY_FILE) if not (path / f).is_file()]
         if missing:
-            raise UserError(f"{str(path)!r} is not a complete fedray run directory (missing {', '.join(missing)})")
+            raise UserError(
+                f"{str(path)!r} is not a complete fedray run directory (missing {', '.join(missing)})"
+            )
         return cls(path)
 
     @cached_property

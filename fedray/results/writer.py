@@ -35,7 +35,9 @@ class TableSink:
         self._buffered = 0
 
     def append(self, columns: dict) -> None:
-        table = pa.Table.from_pydict({f.name: columns[f.name] for f in self.schema}, schema=self.schema)
+        table = pa.Table.from_pydict(
+            {f.name: columns[f.name] for f in self.schema}, schema=self.schema
+        )
         self._buffer.append(table)
         self._buffered += table.num_rows
         if self._buffered >= self.rows_per_group:
@@ -56,7 +58,9 @@ class RunDirectory:
 
     def __init__(self, root: Path, name: str, overwrite: bool):
         if not name or "/" in name or name in (".", ".."):
-            raise UserError(f"run name {name!r} is not a valid folder name; pass e.g. --name prox90")
+            raise UserError(
+                f"run name {name!r} is not a valid folder name; pass e.g. --name prox90"
+            )
         self.path = Path(root) / name
         self._replaced: Path | None = None
         if self.path.exists():
@@ -71,7 +75,9 @@ class RunDirectory:
         try:
             self.path.mkdir(parents=True)
         except OSError as err:
-            raise UserError(f"cannot create run directory {str(self.path)!r}: {err.strerror}") from None
+            raise UserError(
+                f"cannot create run directory {str(self.path)!r}: {err.strerror}"
+            ) from None
         self.rounds = TableSink(self.path / ROUNDS_FILE, ROUNDS_SCHEMA, rows_per_group=1024)
         self.clients = TableSink(self.path / CLIENTS_FILE, CLIENT_EVENTS_SCHEMA)
 
@@ -85,7 +91,9 @@ class RunDirectory:
         os.replace(tmp, self.path / filename)
 
     def write_summary(self, summary: dict) -> None:
-        self.write_text(SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True, default=_jsonable) + "\n")
+        self.write_text(
+            SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True, default=_jsonable) + "\n"
+        )
 
     def close(self, success: bool) -> None:
         self.rounds.close()

@@ -33,9 +33,7 @@ def transfer_seconds(num_bytes, mbps, latency_ms) -> np.ndarray:
     )
 
 
-def task_times(
-    profiles: Profiles, num_samples, epochs, bytes_down, bytes_up
-) -> TaskTimes:
+def task_times(profiles: Profiles, num_samples, epochs, bytes_down, bytes_up) -> TaskTimes:
     """Phase durations of one task per client."""
     compute = np.asarray(num_samples, dtype=np.float64) * np.asarray(epochs) / profiles.speed
     return TaskTimes(

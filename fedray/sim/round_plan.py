@@ -74,7 +74,9 @@ def plan_round(
     if policy == "partial" and deadline_s is not None:
         late = times.total_s > deadline_s
         if late.any():
-            epochs = np.where(late, epochs_within(deadline_s, profiles, num_samples, local_epochs, times), epochs)
+            epochs = np.where(
+                late, epochs_within(deadline_s, profiles, num_samples, local_epochs, times), epochs
+            )
             times = task_times(profiles, num_samples, epochs, model_bytes, update_bytes)
 
     total = times.total_s
@@ -110,7 +112,9 @@ def plan_round(
     # made it before a drop), the update only when the server received it.
     down_transfer = np.maximum(times.download_s - profiles.latency_ms / 1000.0, 1e-12)
     down_frac = np.clip((spent.download_s - profiles.latency_ms / 1000.0) / down_transfer, 0.0, 1.0)
-    bytes_down = np.where(was_dropped, np.floor(model_bytes * down_frac), model_bytes).astype(np.int64)
+    bytes_down = np.where(was_dropped, np.floor(model_bytes * down_frac), model_bytes).astype(
+        np.int64
+    )
     bytes_up = np.where(accepted, update_bytes, 0).astype(np.int64)
     return RoundPlan(
         client_ids=ids,

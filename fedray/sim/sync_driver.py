@@ -75,7 +75,9 @@ def initial_params(workload: Workload, seed: int) -> np.ndarray:
         return flat_params(workload.build_model())
 
 
-def make_groups(plan: RoundPlan, num_samples: np.ndarray, clients_per_task: int) -> tuple[list[list[Task]], list[float]]:
+def make_groups(
+    plan: RoundPlan, num_samples: np.ndarray, clients_per_task: int
+) -> tuple[list[list[Task]], list[float]]:
     """Cut the accepted clients, in cohort order, into fixed-size groups; cost ≈ samples×epochs."""
     index = np.flatnonzero(plan.accepted)
     groups, costs = [], []
@@ -87,8 +89,15 @@ def make_groups(plan: RoundPlan, num_samples: np.ndarray, clients_per_task: int)
 
 
 class SyncDriver:
-    def __init__(self, cfg: Config, workload: Workload, profiles: ProfileModel, pool: WorkerPool,
-                 evaluator: Evaluator, recorder: Callable[..., None]):
+    def __init__(
+        self,
+        cfg: Config,
+        workload: Workload,
+        profiles: ProfileModel,
+        pool: WorkerPool,
+        evaluator: Evaluator,
+        recorder: Callable[..., None],
+    ):
         self.cfg = cfg
         self.workload = workload
         self.profiles = profiles
@@ -111,21 +120,35 @@ class SyncDriver:
     def step(self, wall_start: float) -> None:
         cfg, state = self.cfg, self.state
         round_ = state.round + 1
-        cohort = select_clients(seed=cfg.seed, round_=round_, num_clients=cfg.clients.num_clients,
-                                count=cfg.num_selected, profiles=self.profiles)
+        cohort = select_clients(
+            seed=cfg.seed,
+            round_=round_,
+            num_clients=cfg.clients.num_clients,
+            count=cfg.num_selected,
+            profiles=self.profiles,
+        )
         num_samples = self.workload.num_train_samples(cohort)
         plan = plan_round(
-            seed=cfg.seed, round_=round_, client_ids=cohort, profiles=self.profiles.lookup(cohort),
-            num_samples=num_samples, local_epochs=cfg.client.local_epochs,
-            model_bytes=self.model_bytes, update_bytes=self.update_bytes,
-            clients_per_round=cfg.clients_per_round, deadline_s=cfg.deadline_s, policy=cfg.stragglers,
+            seed=cfg.seed,
+            round_=round_,
+            client_ids=cohort,
+            profiles=self.profiles.lookup(cohort),
+            num_samples=num_samples,
+            local_epochs=cfg.client.local_epochs,
+            model_bytes=self.model_bytes,
+            update_bytes=self.update_bytes,
+            clients_per_round=cfg.clients_per_round,
+            deadline_s=cfg.deadline_s,
+            policy=cfg.stragglers,
         )
         groups, costs = make_groups(plan, num_samples, cfg.execution.clients_per_task)
 
         losses = np.full(len(cohort), np.nan)
         if groups:
             params_ref = ray.put(state.server.params)
-            results = self.pool.run_groups(params_ref, round_, groups, costs, self.strategy.client_mu)
+            results = self.pool.run_groups(
+                params_ref, round_, groups, costs, self.strategy.client_mu
+            )
             del params_ref
             update_sum = np.zeros(state.server.params.shape, dtype=np.float64)
             weight_sum = 0.0
@@ -144,14 +167,20 @@ class SyncDriver:
         state.cum_bytes_up += bytes_up
         state.cum_bytes_down += bytes_down
 
-        metrics = {"eval_loss": np.nan, "eval_accuracy": np.nan,
-                   "global_train_loss": np.nan, "global_train_accuracy": np.nan}
+        metrics = {
+            "eval_loss": np.nan,
+            "eval_accuracy": np.nan,
+            "global_train_loss": np.nan,
+            "global_train_accuracy": np.nan,
+        }
         if round_ % cfg.eval_every == 0 or round_ == cfg.rounds:
             metrics = self.evaluate(state.server.params)
 
         accepted = plan.accepted
         weights = num_samples[accepted]
-        train_loss = float(np.average(losses[accepted], weights=weights)) if weights.sum() > 0 else np.nan
+        train_loss = (
+            float(np.average(losses[accepted], weights=weights)) if weights.sum() > 0 else np.nan
+        )
         row = {
             "round": round_,
             "sim_time_s": state.sim_time_s,

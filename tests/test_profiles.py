@@ -1,0 +1,119 @@
+"""Device profiles: named distributions, tiers, trace files — all lazy in the client id."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedray.clients.profiles import ProfileModel
+from fedray.config import config_from_dict
+from fedray.errors import UserError
+
+
+def model(profile: dict, n=100_000, seed=0) -> ProfileModel:
+    cfg = config_from_dict({"clients": {"num_clients": n, "profile": profile}})
+    return ProfileModel(cfg.clients.profile, seed)
+
+
+def test_distributions_have_their_parameters():
+    m = model(
+        {
+            "speed": {"dist": "lognormal", "median": 200, "sigma": 0.5},
+            "up_mbps": {"dist": "uniform", "low": 1, "high": 3},
+            "latency_ms": 30,
+        }
+    )
+    p = m.lookup(np.arange(50_000))
+    assert np.median(p.speed) == pytest.approx(200, rel=0.02)
+    assert np.std(np.log(p.speed)) == pytest.approx(0.5, rel=0.02)
+    assert (
+        p.up_mbps.min() >= 1
+        and p.up_mbps.max() <= 3
+        and p.up_mbps.mean() == pytest.approx(2, abs=0.02)
+    )
+    assert np.all(p.latency_ms == 30)
+
+
+def test_lookup_is_a_pure_function_of_seed_and_id():
+    m = model({"speed": {"dist": "lognormal", "median": 10, "sigma": 1}})
+    ids = np.array([5, 99_999, 17])
+    assert np.array_equal(m.lookup(ids).speed, m.lookup(ids[::-1]).speed[::-1])
+    other = model({"speed": {"dist": "lognormal", "median": 10, "sigma": 1}}, seed=1)
+    assert not np.array_equal(m.lookup(ids).speed, other.lookup(ids).speed)
+
+
+def test_lognormal_clipping():
+    m = model({"speed": {"dist": "lognormal", "median": 10, "sigma": 2, "min": 1, "max": 50}})
+    s = m.lookup(np.arange(10_000)).speed
+    assert s.min() == 1 and s.max() == 50
+
+
+def test_tiers_mix_device_classes():
+    m = model(
+        {
+            "latency_ms": 40,
+            "tiers": [
+                {"name": "phone", "weight": 3, "speed": 50, "up_mbps": 1},
+                {"name": "laptop", "weight": 1, "speed": 400},
+            ],
+        }
+    )
+    ids = np.arange(40_000)
+    p, tier = m.lookup(ids), m.tier_of(ids)
+    assert np.mean(tier == 0) == pytest.approx(0.75, abs=0.01)
+    assert np.all(p.speed[tier == 0] == 50) and np.all(p.speed[tier == 1] == 400)
+    assert np.all(p.up_mbps[tier == 0] == 1) and np.all(
+        p.up_mbps[tier == 1] == 5
+    )  # inherited default
+    assert np.all(p.latency_ms == 40)
+
+
+def test_trace_wraps_modulo_and_fills_missing_columns(tmp_path):
+    path = tmp_path / "trace.csv"
+    pd.DataFrame(
+        {"client_id": [2, 0, 1], "speed": [30.0, 10.0, 20.0], "up_mbps": [1.0, 2.0, 3.0]}
+    ).to_csv(path, index=False)
+    m = model({"trace": str(path), "down_mbps": 7})
+    p = m.lookup(np.arange(7))
+    assert list(p.speed) == [10, 20, 30, 10, 20, 30, 10]
+    assert list(p.up_mbps) == [2, 3, 1, 2, 3, 1, 2]
+    assert np.all(p.down_mbps == 7)
+
+
+def test_trace_parquet(tmp_path):
+    path = tmp_path / "trace.parquet"
+    pd.DataFrame({"speed": [5.0, 6.0], "dropout": [0.1, 0.2]}).to_parquet(path)
+    p = model({"trace": str(path)}).lookup(np.arange(3))
+    assert list(p.speed) == [5, 6, 5] and list(p.dropout) == [0.1, 0.2, 0.1]
+
+
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (pd.DataFrame({"sped": [1.0]}), "unknown column(s) ['sped']"),
+        (
+            pd.DataFrame({"speed": [1.0, -2.0]}),
+            "column 'speed' has an invalid value '-2.0' at row 2",
+        ),
+        (pd.DataFrame({"dropout": [1.5]}), "column 'dropout' has an invalid value"),
+        (pd.DataFrame({"speed": []}), "has no rows"),
+    ],
+)
+def test_bad_trace_is_a_user_error(tmp_path, frame, message):
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError) as err:
+        model({"trace": str(path)})
+    assert message in str(err.value)
+
+
+def test_hundred_thousand_clients_cost_nothing_up_front():
+    tracemalloc.start()
+    m = model({"speed": {"dist": "lognormal", "median": 100, "sigma": 1}}, n=100_000)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 200_000  # no per-client arrays or objects are built at registration
+    assert m.lookup(np.arange(100_000)).speed.nbytes == 800_000  # only what is looked up

@@ -165,3 +165,11 @@ def test_fedprox_beats_fedavg_with_ninety_percent_stragglers(ray_session, tmp_pa
     )  # ~90% stragglers, FedAvg drops them
     assert prox.rounds["num_partial"].mean() > 0.8 * 10 * 0.8  # FedProx keeps their partial work
     assert prox.rounds["global_train_loss"].iloc[-1] < avg.rounds["global_train_loss"].iloc[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_config_runs(ray_session, tmp_path, config):
+    cfg = load_config(REPO / "configs" / config, ["rounds=2", f"output.root={tmp_path}", "output.name=x"])
+    result = fedray.run(cfg, progress=False)
+    assert len(result.rounds) == 2 and result.summary["status"] == "completed"

@@ -1,0 +1,575 @@
+"""fedray against the plain single-process torch loop, over the identical schedule of client updates.
+
+    .venv/bin/python benchmarks/bench_vs_loop.py                          # K=100, N=1000, 20 rounds
+    .venv/bin/python benchmarks/bench_vs_loop.py --clients-per-round 10 100 1000
+    .venv/bin/python benchmarks/bench_vs_loop.py --quick                  # smoke run, ~30 s
+
+Both sides train the same clients in the same rounds: the cohorts come from fedray's own seeded
+selection (``fedray.sim.selection.select_clients``), the data from ``workload.client_data``, the
+batch order from the same seeded shuffle and the initial model from the same seeded init, so the
+final models should agree up to float summation order. The profile is constant with dropout 0 and
+no deadline, so every selected client trains and is aggregated.
+
+fedray side: ``fedray.run(cfg)`` (it starts and stops its own local Ray). Its rounds' time is
+``summary["wall_time_s"]`` and its fixed start-up cost ``summary["startup_s"]``; the whole call is
+timed too. Peak PSS of the whole process tree (this process, Ray's gcs_server/raylet/agents and
+the worker actors) is sampled in a background thread while it runs.
+
+Loop side: what a researcher writes: the client datasets generated once up front (not timed), then
+per round and client ``load_state_dict`` into an ``nn.Linear(60, 10)``, ``torch.optim.SGD`` over
+minibatches of a seeded shuffle, cross-entropy, and a sample-weighted average (FedAvg). Default
+torch threads. It evaluates on the same eval clients' test splits at the same cadence as fedray.
+
+Prints a table and the key lines ``ratio fedray_rounds / loop``, ``fedray startup_s`` and
+``peak PSS (process tree)``, and merges the results into ``benchmarks/results/bench_vs_loop.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import fedray
+from fedray import seeding
+from fedray.clients.profiles import ProfileModel
+from fedray.config import Config, config_from_dict
+from fedray.sim.selection import select_clients
+from fedray.workloads import make_workload
+
+RESULTS_JSON = Path(__file__).resolve().parent / "results" / "bench_vs_loop.json"
+TARGETS = {"ratio": 1.0, "startup_s": 4.0, "peak_pss_mb": 1200.0}
+
+
+# --------------------------------------------------------------------------- process-tree memory
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:  # the process exited, or is a zombie / kernel thread
+        return None
+
+
+def _process_table() -> dict[int, int]:
+    """pid -> ppid of every process, from /proc/<pid>/stat."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        stat = _read(f"/proc/{entry.name}/stat")
+        if stat is None:
+            continue
+        # Fields after the last ')' (the command name may itself contain ')' or spaces).
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        table[int(entry.name)] = int(fields[1])
+    return table
+
+
+def _pss_kb(pid: int) -> int | None:
+    rollup = _read(f"/proc/{pid}/smaps_rollup")
+    if not rollup:
+        return None
+    for line in rollup.splitlines():
+        if line.startswith(b"Pss:"):
+            return int(line.split()[1])
+    return None
+
+
+def _name(pid: int) -> str:
+    comm = _read(f"/proc/{pid}/comm")
+    return comm.decode(errors="replace").strip() if comm else "?"
+
+
+class TreeMemorySampler(threading.Thread):
+    """Peak summed PSS of this process, its descendants and the processes of its Ray session.
+
+    Every ``interval`` seconds: walk /proc/*/stat to find all descendants of this process; if Ray
+    is initialised, also take every process whose command line names this run's Ray session (the
+    session name is on the command line of gcs_server, raylet, the agents and monitors), plus
+    their descendants (the worker actors are children of the raylet). That catches the daemons
+    even where they are not children of the driver (e.g. reparented to init or a subreaper).
+    PSS divides shared pages (torch's libraries, the plasma store in /dev/shm) among the
+    processes that map them, so the sum counts each page once.
+    """
+
+    def __init__(self, interval: float = 0.2):
+        super().__init__(daemon=True, name="pss-sampler")
+        self.interval = interval
+        self.root = os.getpid()
+        self.peak_kb = 0
+        self.peak_breakdown: list[tuple[int, str, int]] = []
+        self.samples = 0
+        self.sample_cost_s = 0.0
+        self.session_name: str | None = None
+        self._session_pids: set[int] = set()
+        self._halt = threading.Event()
+
+    def _session(self) -> str | None:
+        if self.session_name is None:
+            try:
+                import ray
+
+                if ray.is_initialized():
+                    self.session_name = ray.get_runtime_context().get_session_name()
+            except Exception:  # Ray starting up or shutting down under us: try again later
+                return None
+        return self.session_name
+
+    def _members(self) -> set[int]:
+        table = _process_table()
+        children: dict[int, list[int]] = {}
+        for pid, ppid in table.items():
+            children.setdefault(ppid, []).append(pid)
+        roots = {self.root}
+        session = self._session()
+        if session:
+            needle = session.encode()
+            for pid in table:
+                if pid in self._session_pids:
+                    roots.add(pid)
+                    continue
+                cmdline = _read(f"/proc/{pid}/cmdline")
+                if cmdline and needle in cmdline:
+                    self._session_pids.add(pid)
+                    roots.add(pid)
+        members, stack = set(), list(roots)
+        while stack:
+            pid = stack.pop()
+            if pid in members or pid not in table:
+                continue
+            members.add(pid)
+            stack.extend(children.get(pid, ()))
+        return members
+
+    def sample(self) -> None:
+        start = time.perf_counter()
+        per_process = []
+        for pid in self._members():
+            kb = _pss_kb(pid)
+            if kb:
+                per_process.append((pid, _name(pid), kb))
+        total = sum(kb for _, _, kb in per_process)
+        if total > self.peak_kb:
+            self.peak_kb = total
+            self.peak_breakdown = sorted(per_process, key=lambda p: -p[2])
+        self.samples += 1
+        self.sample_cost_s += time.perf_counter() - start
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+        self.sample()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_kb / 1024
+
+    def breakdown_mb(self) -> list[dict]:
+        return [
+            {"pid": p, "name": n, "pss_mb": round(kb / 1024, 1)} for p, n, kb in self.peak_breakdown
+        ]
+
+
+# --------------------------------------------------------------------------- machine load
+
+
+def _cpu_times() -> tuple[int, int]:
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields[:8]), idle
+
+
+def busy_cpus(window: float = 1.0) -> float:
+    """How many CPUs were busy (any process) over ``window`` seconds."""
+    total0, idle0 = _cpu_times()
+    time.sleep(window)
+    total1, idle1 = _cpu_times()
+    if total1 == total0:
+        return 0.0
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
+def wait_until_idle(max_wait: float, threshold: float = 0.3) -> float:
+    """Wait (up to ``max_wait`` s) until other processes keep fewer than ``threshold`` CPUs busy."""
+    deadline = time.monotonic() + max_wait
+    busy = busy_cpus()
+    while busy > threshold and time.monotonic() < deadline:
+        print(f"  machine busy ({busy:.2f} CPUs in use by other processes); waiting ...")
+        busy = busy_cpus(2.0)
+    return busy
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def make_config(args, clients_per_round: int, num_clients: int, output_root: str) -> Config:
+    execution = {}
+    if args.workers:
+        execution["num_workers"] = args.workers
+    if args.clients_per_task:
+        execution["clients_per_task"] = args.clients_per_task
+    return config_from_dict(
+        {
+            "seed": args.seed,
+            "rounds": args.rounds,
+            "clients_per_round": clients_per_round,
+            "eval_every": args.eval_every,
+            "workload": {"name": "synthetic", "alpha": 1.0, "beta": 1.0, "model": "logreg"},
+            "clients": {
+                "num_clients": num_clients,
+                "profile": {"dropout": 0.0, "availability": 1.0},
+            },
+            "deadline_s": None,
+            "strategy": {"name": "fedavg"},
+            "client": {"lr": 0.01, "batch_size": 10, "local_epochs": 1},
+            "execution": execution,
+            "output": {"root": output_root, "tensorboard": not args.no_tensorboard},
+        }
+    )
+
+
+def cohorts_of(cfg: Config) -> list[np.ndarray]:
+    """The clients fedray trains in each round. With dropout 0, availability 1 and no deadline
+    every selected client completes, so the cohort is exactly fedray's selection."""
+    profiles = ProfileModel(cfg.clients.profile, cfg.seed)
+    return [
+        select_clients(
+            seed=cfg.seed,
+            round_=r,
+            num_clients=cfg.clients.num_clients,
+            count=cfg.num_selected,
+            profiles=profiles,
+        )
+        for r in range(1, cfg.rounds + 1)
+    ]
+
+
+def eval_client_ids(cfg: Config) -> np.ndarray:
+    # The same seeded draw as fedray's driver-side Evaluator (fedray/sim/sync_driver.py).
+    rng = seeding.generator(cfg.seed, "eval")
+    n = cfg.clients.num_clients
+    return np.sort(rng.choice(n, size=min(cfg.workload.eval_clients, n), replace=False))
+
+
+# --------------------------------------------------------------------------- the two sides
+
+
+def run_fedray(cfg: Config, sample_interval: float) -> dict:
+    sampler = TreeMemorySampler(sample_interval)
+    sampler.start()
+    t0 = time.perf_counter()
+    result = fedray.run(cfg, progress=False)
+    total = time.perf_counter() - t0
+    sampler.stop()
+    summary = result.summary
+    rounds = result.rounds
+    events = result.clients[["round", "client_id", "status"]]
+    out = {
+        "rounds_s": float(summary["wall_time_s"]),
+        "startup_s": float(summary["startup_s"]),
+        "total_s": total,
+        "num_workers": int(summary["num_workers"]),
+        "final_eval_accuracy": float(summary["final"]["eval_accuracy"]),
+        "final_eval_loss": float(summary["final"]["eval_loss"]),
+        "eval_accuracy_by_round": [float(a) for a in rounds["eval_accuracy"]],
+        "peak_pss_mb": round(sampler.peak_mb, 1),
+        "peak_pss_breakdown": sampler.breakdown_mb(),
+        "ray_session": sampler.session_name,
+        "pss_samples": sampler.samples,
+        "pss_sampling_cpu_s": round(sampler.sample_cost_s, 3),
+        "_events": events,
+    }
+    shutil.rmtree(result.path, ignore_errors=True)
+    return out
+
+
+def initial_state(seed: int) -> dict[str, torch.Tensor]:
+    # Same seeded init as fedray's driver (fork torch's RNG, seed it from the run seed).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeding.purpose_code("init") ^ seed)
+        return {k: v.clone() for k, v in torch.nn.Linear(60, 10).state_dict().items()}
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    logits = model(x)
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def run_loop(cfg: Config, cohorts: list[np.ndarray], sample_interval: float) -> dict:
+    """The plain single-process FedAvg loop over the given cohorts."""
+    sampler = TreeMemorySampler(sample_interval)
+    sampler.start()
+    seed, lr, bs = cfg.seed, cfg.client.lr, cfg.client.batch_size
+    epochs = cfg.client.local_epochs
+
+    # A researcher loads the dataset once; not timed.
+    t0 = time.perf_counter()
+    workload = make_workload(cfg.workload, seed)
+    needed = sorted({int(c) for cohort in cohorts for c in cohort})
+    train = {}
+    for cid in needed:
+        d = workload.client_data(cid)
+        train[cid] = (d.x_train, d.y_train)
+    tests = [workload.client_data(int(c)) for c in eval_client_ids(cfg)]
+    x_test = torch.cat([d.x_test for d in tests])
+    y_test = torch.cat([d.y_test for d in tests])
+    data_s = time.perf_counter() - t0
+
+    model = torch.nn.Linear(60, 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)  # plain SGD: no state between clients
+    global_state = initial_state(seed)
+    acc_by_round = []
+
+    t0 = time.perf_counter()
+    for round_, cohort in enumerate(cohorts, start=1):
+        summed = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_state.items()}
+        total = 0
+        for cid in cohort.tolist():
+            x, y = train[cid]
+            n = len(x)
+            model.load_state_dict(global_state)
+            rng = seeding.generator(seed, "shuffle", cid, round_)
+            for _ in range(epochs):
+                order = torch.from_numpy(rng.permutation(n))
+                xs, ys = x[order], y[order]
+                for start in range(0, n, bs):
+                    optimizer.zero_grad()
+                    loss = F.cross_entropy(model(xs[start : start + bs]), ys[start : start + bs])
+                    loss.backward()
+                    optimizer.step()
+            for k, v in model.state_dict().items():
+                summed[k].add_(v, alpha=n)
+            total += n
+        global_state = {k: (v / total).to(torch.float32) for k, v in summed.items()}
+        if round_ % cfg.eval_every == 0 or round_ == cfg.rounds:
+            model.load_state_dict(global_state)
+            acc_by_round.append(accuracy(model, x_test, y_test)[1])
+        else:
+            acc_by_round.append(float("nan"))
+    rounds_s = time.perf_counter() - t0
+    sampler.stop()
+    model.load_state_dict(global_state)
+    loss, acc = accuracy(model, x_test, y_test)
+    return {
+        "rounds_s": rounds_s,
+        "data_s": data_s,
+        "torch_threads": torch.get_num_threads(),
+        "clients_generated": len(needed),
+        "final_eval_accuracy": acc,
+        "final_eval_loss": loss,
+        "eval_accuracy_by_round": acc_by_round,
+        "peak_pss_mb": round(sampler.peak_mb, 1),
+    }
+
+
+# --------------------------------------------------------------------------- one setup
+
+
+def check_schedule(cfg: Config, cohorts: list[np.ndarray], events) -> None:
+    """fedray's client events must show exactly our cohorts, all completed."""
+    for round_, cohort in enumerate(cohorts, start=1):
+        rows = events[events["round"] == round_]
+        if set(rows["client_id"].tolist()) != set(cohort.tolist()):
+            raise SystemExit(f"round {round_}: fedray trained different clients than the loop")
+        if not (rows["status"] == "completed").all():
+            raise SystemExit(f"round {round_}: not every client completed; check the profile")
+
+
+def bench_one(args, clients_per_round: int) -> dict:
+    num_clients = args.num_clients or max(1000, 2 * clients_per_round)
+    label = f"K={clients_per_round},N={num_clients},R={args.rounds},W={args.workers or 'auto'}"
+    print(f"\n== {label}: Synthetic(1,1) logreg, 1 epoch, batch 10, lr 0.01, FedAvg")
+    root = tempfile.mkdtemp(prefix="fedray-bench-")
+    try:
+        cfg = make_config(args, clients_per_round, num_clients, root)
+        cohorts = cohorts_of(cfg)
+        sizes = np.concatenate([workload_sizes(cfg, c) for c in cohorts])
+        fed_runs, loop_runs, busy = [], [], []
+        for rep in range(args.repeats):
+            busy.append(wait_until_idle(args.wait_idle))
+            print(f"  [{rep + 1}/{args.repeats}] fedray.run ...", flush=True)
+            fed = run_fedray(cfg, args.sample_interval)
+            check_schedule(cfg, cohorts, fed.pop("_events"))
+            fed_runs.append(fed)
+            busy.append(wait_until_idle(args.wait_idle))
+            print(f"  [{rep + 1}/{args.repeats}] plain torch loop ...", flush=True)
+            loop_runs.append(run_loop(cfg, cohorts, args.sample_interval))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    # Best of the repeats for times (least disturbed by other load); worst for memory.
+    fed = min(fed_runs, key=lambda r: r["rounds_s"])
+    loop = min(loop_runs, key=lambda r: r["rounds_s"])
+    return {
+        "label": label,
+        "setup": {
+            "clients_per_round": clients_per_round,
+            "num_clients": num_clients,
+            "rounds": args.rounds,
+            "workers": fed["num_workers"],
+            "clients_per_task": cfg.execution.clients_per_task,
+            "eval_every": cfg.eval_every,
+            "tensorboard": cfg.output.tensorboard,
+            "seed": cfg.seed,
+            "train_samples_per_round_mean": float(sizes.sum() / args.rounds),
+            "train_samples_client_max": int(sizes.max()),
+            "sgd_steps_per_round_mean": float(np.ceil(sizes / cfg.client.batch_size).sum())
+            / args.rounds,
+        },
+        "fedray": fed,
+        "loop": loop,
+        "fedray_startup_s_all": [r["startup_s"] for r in fed_runs],
+        "fedray_rounds_s_all": [r["rounds_s"] for r in fed_runs],
+        "loop_rounds_s_all": [r["rounds_s"] for r in loop_runs],
+        "peak_pss_mb_max": max(r["peak_pss_mb"] for r in fed_runs),
+        "ratio_rounds": fed["rounds_s"] / loop["rounds_s"],
+        "ratio_total": fed["total_s"] / loop["rounds_s"],
+        "accuracy_gap": abs(fed["final_eval_accuracy"] - loop["final_eval_accuracy"]),
+        "other_load_cpus_max": round(max(busy), 2),
+    }
+
+
+def workload_sizes(cfg: Config, cohort: np.ndarray) -> np.ndarray:
+    return make_workload(cfg.workload, cfg.seed).num_train_samples(cohort)
+
+
+def report(res: dict) -> None:
+    fed, loop, s = res["fedray"], res["loop"], res["setup"]
+    print(
+        f"  {s['sgd_steps_per_round_mean']:.0f} SGD steps/round on average "
+        f"(largest client {s['train_samples_client_max']} samples); "
+        f"fedray with {s['workers']} workers, {s['clients_per_task']} clients/task"
+    )
+    rows = [
+        ("rounds wall time (s)", f"{fed['rounds_s']:.2f}", f"{loop['rounds_s']:.2f}"),
+        ("fixed start-up (s)", f"{fed['startup_s']:.2f}", f"{loop['data_s']:.2f} (data gen)"),
+        (
+            "total wall time (s)",
+            f"{fed['total_s']:.2f}",
+            f"{loop['rounds_s'] + loop['data_s']:.2f}",
+        ),
+        ("per round (ms)", *(f"{1000 * r['rounds_s'] / s['rounds']:.0f}" for r in (fed, loop))),
+        ("final eval accuracy", *(f"{r['final_eval_accuracy']:.4f}" for r in (fed, loop))),
+        ("final eval loss", *(f"{r['final_eval_loss']:.4f}" for r in (fed, loop))),
+        ("peak PSS (MB)", f"{fed['peak_pss_mb']:.0f} (tree)", f"{loop['peak_pss_mb']:.0f}"),
+    ]
+    print(f"  {'':<22} {'fedray':>16} {'torch loop':>18}")
+    for name, a, b in rows:
+        print(f"  {name:<22} {a:>16} {b:>18}")
+    top = ", ".join(f"{p['name']} {p['pss_mb']:.0f}" for p in fed["peak_pss_breakdown"][:6])
+    print(f"  PSS at peak by process (MB): {top}")
+    if res["other_load_cpus_max"] > 0.3:
+        print(
+            f"  WARNING: other processes kept {res['other_load_cpus_max']:.1f} CPUs busy "
+            "around the runs; timings are unreliable (use --wait-idle)"
+        )
+
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    r, st, mem = res["ratio_rounds"], fed["startup_s"], res["peak_pss_mb_max"]
+    print(f"ratio fedray_rounds / loop = {r:.2f}   (target <= 1.0: {verdict(r <= 1.0)})")
+    print(f"ratio fedray_total / loop = {res['ratio_total']:.2f}")
+    print(f"fedray startup_s = {st:.1f}   (target <= 4 s: {verdict(st <= 4.0)})")
+    print(f"peak PSS (process tree) = {mem:.0f} MB   (target <= 1200 MB: {verdict(mem <= 1200)})")
+    print(
+        f"accuracy fedray = {fed['final_eval_accuracy']:.4f}, loop = {loop['final_eval_accuracy']:.4f}"
+    )
+
+
+def save(results: list[dict], path: Path) -> None:
+    """Merge into the JSON file: one entry per setup label, newest wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        existing = json.loads(path.read_text())
+    except (OSError, ValueError):
+        existing = {}
+    runs = existing.get("runs", {})
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for res in results:
+        runs[res["label"]] = {"measured_at": stamp, **res}
+    doc = {
+        "benchmark": "bench_vs_loop",
+        "targets": TARGETS,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "fedray": fedray.__version__,
+        },
+        "runs": dict(sorted(runs.items())),
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nresults written to {path}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--clients-per-round", "-K", type=int, nargs="+", default=[100],
+        help="K; several values run one setup each (default 100)",
+    )  # fmt: skip
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument(
+        "--num-clients", "-N", type=int, default=None,
+        help="N (default max(1000, 2K))",
+    )  # fmt: skip
+    p.add_argument("--workers", type=int, default=None, help="fedray workers (default: per CPU)")
+    p.add_argument("--clients-per-task", type=int, default=None, help="fedray default if unset")
+    p.add_argument("--eval-every", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="best-of-n for the times")
+    p.add_argument("--no-tensorboard", action="store_true", help="fedray without its TB sink")
+    p.add_argument("--sample-interval", type=float, default=0.2, help="PSS sampling period (s)")
+    p.add_argument(
+        "--wait-idle", type=float, default=0.0,
+        help="wait up to this many seconds for the machine to go idle before each timed run",
+    )  # fmt: skip
+    p.add_argument("--json", type=Path, default=RESULTS_JSON, help="results file (merged)")
+    p.add_argument("--quick", action="store_true", help="smoke run: K=10, N=100, 3 rounds")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.clients_per_round, args.num_clients, args.rounds = [10], 100, 3
+    for k in args.clients_per_round:
+        if args.num_clients is not None and k > args.num_clients:
+            p.error(f"--clients-per-round {k} exceeds --num-clients {args.num_clients}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    print(
+        f"fedray {fedray.__version__}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, python {sys.version.split()[0]}"
+    )
+    results = []
+    for k in args.clients_per_round:
+        res = bench_one(args, k)
+        report(res)
+        results.append(res)
+    save(results, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,13 +33,13 @@ import platform
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pss_tree import TreeSampler  # benchmarks/pss_tree.py (on sys.path: run as a script)
 
 import fedray
 from fedray import seeding
@@ -52,140 +52,23 @@ RESULTS_JSON = Path(__file__).resolve().parent / "results" / "bench_vs_loop.json
 TARGETS = {"ratio": 1.0, "startup_s": 4.0, "peak_pss_mb": 1200.0}
 
 
-# --------------------------------------------------------------------------- process-tree memory
+class _NoSampler:
+    """Stands in for :class:`TreeSampler` when sampling is off (``--sample-interval 0``)."""
+
+    def watch_ray(self) -> None:
+        pass
+
+    def stop(self) -> dict:
+        return {"peak_mb": float("nan"), "breakdown": [], "samples": 0, "ray_session": None}
 
 
-def _read(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:  # the process exited, or is a zombie / kernel thread
-        return None
-
-
-def _process_table() -> dict[int, int]:
-    """pid -> ppid of every process, from /proc/<pid>/stat."""
-    table = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        stat = _read(f"/proc/{entry.name}/stat")
-        if stat is None:
-            continue
-        # Fields after the last ')' (the command name may itself contain ')' or spaces).
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        table[int(entry.name)] = int(fields[1])
-    return table
-
-
-def _pss_kb(pid: int) -> int | None:
-    rollup = _read(f"/proc/{pid}/smaps_rollup")
-    if not rollup:
-        return None
-    for line in rollup.splitlines():
-        if line.startswith(b"Pss:"):
-            return int(line.split()[1])
-    return None
-
-
-def _name(pid: int) -> str:
-    comm = _read(f"/proc/{pid}/comm")
-    return comm.decode(errors="replace").strip() if comm else "?"
-
-
-class TreeMemorySampler(threading.Thread):
-    """Peak summed PSS of this process, its descendants and the processes of its Ray session.
-
-    Every ``interval`` seconds: walk /proc/*/stat to find all descendants of this process; if Ray
-    is initialised, also take every process whose command line names this run's Ray session (the
-    session name is on the command line of gcs_server, raylet, the agents and monitors), plus
-    their descendants (the worker actors are children of the raylet). That catches the daemons
-    even where they are not children of the driver (e.g. reparented to init or a subreaper).
-    PSS divides shared pages (torch's libraries, the plasma store in /dev/shm) among the
-    processes that map them, so the sum counts each page once.
-    """
-
-    def __init__(self, interval: float = 0.2):
-        super().__init__(daemon=True, name="pss-sampler")
-        self.interval = interval
-        self.root = os.getpid()
-        self.peak_kb = 0
-        self.peak_breakdown: list[tuple[int, str, int]] = []
-        self.samples = 0
-        self.sample_cost_s = 0.0
-        self.session_name: str | None = None
-        self._session_pids: set[int] = set()
-        self._halt = threading.Event()
-
-    def _session(self) -> str | None:
-        if self.session_name is None:
-            try:
-                import ray
-
-                if ray.is_initialized():
-                    self.session_name = ray.get_runtime_context().get_session_name()
-            except Exception:  # Ray starting up or shutting down under us: try again later
-                return None
-        return self.session_name
-
-    def _members(self) -> set[int]:
-        table = _process_table()
-        children: dict[int, list[int]] = {}
-        for pid, ppid in table.items():
-            children.setdefault(ppid, []).append(pid)
-        roots = {self.root}
-        session = self._session()
-        if session:
-            needle = session.encode()
-            for pid in table:
-                if pid in self._session_pids:
-                    roots.add(pid)
-                    continue
-                cmdline = _read(f"/proc/{pid}/cmdline")
-                if cmdline and needle in cmdline:
-                    self._session_pids.add(pid)
-                    roots.add(pid)
-        members, stack = set(), list(roots)
-        while stack:
-            pid = stack.pop()
-            if pid in members or pid not in table:
-                continue
-            members.add(pid)
-            stack.extend(children.get(pid, ()))
-        return members
-
-    def sample(self) -> None:
-        start = time.perf_counter()
-        per_process = []
-        for pid in self._members():
-            kb = _pss_kb(pid)
-            if kb:
-                per_process.append((pid, _name(pid), kb))
-        total = sum(kb for _, _, kb in per_process)
-        if total > self.peak_kb:
-            self.peak_kb = total
-            self.peak_breakdown = sorted(per_process, key=lambda p: -p[2])
-        self.samples += 1
-        self.sample_cost_s += time.perf_counter() - start
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.sample()
-            self._halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-        self.sample()
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak_kb / 1024
-
-    def breakdown_mb(self) -> list[dict]:
-        return [
-            {"pid": p, "name": n, "pss_mb": round(kb / 1024, 1)} for p, n, kb in self.peak_breakdown
-        ]
+def start_sampler(interval: float, ray_session: bool):
+    if interval <= 0:
+        return _NoSampler()
+    sampler = TreeSampler(os.getpid(), interval)
+    if ray_session:
+        sampler.watch_ray()
+    return sampler
 
 
 # --------------------------------------------------------------------------- machine load
@@ -273,12 +156,11 @@ def eval_client_ids(cfg: Config) -> np.ndarray:
 
 
 def run_fedray(cfg: Config, sample_interval: float) -> dict:
-    sampler = TreeMemorySampler(sample_interval)
-    sampler.start()
+    sampler = start_sampler(sample_interval, ray_session=True)
     t0 = time.perf_counter()
     result = fedray.run(cfg, progress=False)
     total = time.perf_counter() - t0
-    sampler.stop()
+    memory = sampler.stop()
     summary = result.summary
     rounds = result.rounds
     events = result.clients[["round", "client_id", "status"]]
@@ -290,11 +172,9 @@ def run_fedray(cfg: Config, sample_interval: float) -> dict:
         "final_eval_accuracy": float(summary["final"]["eval_accuracy"]),
         "final_eval_loss": float(summary["final"]["eval_loss"]),
         "eval_accuracy_by_round": [float(a) for a in rounds["eval_accuracy"]],
-        "peak_pss_mb": round(sampler.peak_mb, 1),
-        "peak_pss_breakdown": sampler.breakdown_mb(),
-        "ray_session": sampler.session_name,
-        "pss_samples": sampler.samples,
-        "pss_sampling_cpu_s": round(sampler.sample_cost_s, 3),
+        "peak_pss_mb": memory["peak_mb"],
+        "peak_pss_breakdown": memory["breakdown"],
+        "pss_sampler": {k: v for k, v in memory.items() if k not in ("peak_mb", "breakdown")},
         "_events": events,
     }
     shutil.rmtree(result.path, ignore_errors=True)
@@ -316,8 +196,7 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 
 def run_loop(cfg: Config, cohorts: list[np.ndarray], sample_interval: float) -> dict:
     """The plain single-process FedAvg loop over the given cohorts."""
-    sampler = TreeMemorySampler(sample_interval)
-    sampler.start()
+    sampler = start_sampler(sample_interval, ray_session=False)
     seed, lr, bs = cfg.seed, cfg.client.lr, cfg.client.batch_size
     epochs = cfg.client.local_epochs
 
@@ -366,7 +245,7 @@ def run_loop(cfg: Config, cohorts: list[np.ndarray], sample_interval: float) -> 
         else:
             acc_by_round.append(float("nan"))
     rounds_s = time.perf_counter() - t0
-    sampler.stop()
+    memory = sampler.stop()
     model.load_state_dict(global_state)
     loss, acc = accuracy(model, x_test, y_test)
     return {
@@ -377,7 +256,7 @@ def run_loop(cfg: Config, cohorts: list[np.ndarray], sample_interval: float) -> 
         "final_eval_accuracy": acc,
         "final_eval_loss": loss,
         "eval_accuracy_by_round": acc_by_round,
-        "peak_pss_mb": round(sampler.peak_mb, 1),
+        "peak_pss_mb": memory["peak_mb"],
     }
 
 

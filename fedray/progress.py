@@ -33,6 +33,7 @@ class RoundProgress:
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
+                TextColumn("round"),
                 MofNCompleteColumn(),
                 TextColumn("sim {task.fields[sim]}"),
                 TextColumn("acc {task.fields[acc]}"),

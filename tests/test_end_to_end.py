@@ -170,6 +170,8 @@ def test_fedprox_beats_fedavg_with_ninety_percent_stragglers(ray_session, tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_every_shipped_config_runs(ray_session, tmp_path, config):
-    cfg = load_config(REPO / "configs" / config, ["rounds=2", f"output.root={tmp_path}", "output.name=x"])
+    cfg = load_config(
+        REPO / "configs" / config, ["rounds=2", f"output.root={tmp_path}", "output.name=x"]
+    )
     result = fedray.run(cfg, progress=False)
     assert len(result.rounds) == 2 and result.summary["status"] == "completed"

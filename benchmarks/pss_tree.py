@@ -1,0 +1,193 @@
+"""Peak PSS of a process tree (plus a Ray session's daemons), sampled from /proc in a side process.
+
+Used by ``bench_vs_loop.py``; standard library only, so the sampler process costs a few MB and
+never competes for the benchmark's GIL. Reading ``smaps_rollup`` makes the kernel walk a process's
+page tables (a few ms for a 300 MB torch process), so doing it every 0.2 s for a dozen processes
+inside the benchmark would steal noticeable CPU and GIL time from the fedray driver it measures.
+
+    sampler = TreeSampler(os.getpid(), interval=0.2)   # starts `python pss_tree.py <pid> 0.2`
+    sampler.set_session("session_2026-...")            # optional: also count that Ray session
+    ...
+    stats = sampler.stop()   # {"peak_mb": ..., "breakdown": [...], "samples": ..., ...}
+
+Membership, re-evaluated on every sample: the root process and all its descendants (walking the
+ppid links of /proc/*/stat), plus every process whose command line names the Ray session (the
+session name is on the command lines of gcs_server, raylet, the agents and monitors) and their
+descendants (the worker actors are children of the raylet). The session match catches Ray's
+daemons even where they are not children of the driver, e.g. reparented to init or a subreaper.
+The sampler itself is excluded. PSS splits each shared page (shared libraries, the plasma object
+store in /dev/shm) among the processes mapping it, so the sum counts it once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:  # gone, a zombie, or not ours to read
+        return None
+
+
+def process_table() -> dict[int, int]:
+    """pid -> ppid of every process."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _read(f"/proc/{entry.name}/stat")
+            if stat:
+                # Fields after the last ')': the command name may contain ')' or spaces.
+                table[int(entry.name)] = int(stat[stat.rfind(b")") + 2 :].split()[1])
+    return table
+
+
+def pss_kb(pid: int) -> int | None:
+    rollup = _read(f"/proc/{pid}/smaps_rollup")
+    for line in (rollup or b"").splitlines():
+        if line.startswith(b"Pss:"):
+            return int(line.split()[1])
+    return None
+
+
+def process_name(pid: int) -> str:
+    comm = _read(f"/proc/{pid}/comm")
+    return comm.decode(errors="replace").strip() if comm else "?"
+
+
+class _Tree:
+    def __init__(self, root: int, exclude: int):
+        self.root, self.exclude = root, exclude
+        self.session: bytes | None = None
+        self._matched: set[int] = set()
+        self._checked: set[int] = set()  # pids whose command line was already looked at
+
+    def members(self) -> set[int]:
+        table = process_table()
+        children: dict[int, list[int]] = {}
+        for pid, ppid in table.items():
+            children.setdefault(ppid, []).append(pid)
+        roots = [self.root]
+        if self.session:
+            for pid in table:
+                if pid not in self._checked:
+                    self._checked.add(pid)
+                    cmdline = _read(f"/proc/{pid}/cmdline")
+                    if cmdline and self.session in cmdline:
+                        self._matched.add(pid)
+            roots += [p for p in self._matched if p in table]
+        members, stack = set(), roots
+        while stack:
+            pid = stack.pop()
+            if pid in members or pid == self.exclude or pid not in table:
+                continue
+            members.add(pid)
+            stack.extend(children.get(pid, ()))
+        return members
+
+
+def _sampler_main(root: int, interval: float) -> None:
+    """The side process: sample until 'stop' on stdin, then print the stats as JSON."""
+    os.nice(5)  # yield to the measured processes when they saturate the CPUs
+    tree = _Tree(root, exclude=os.getpid())
+    stop = threading.Event()
+
+    def commands() -> None:
+        for line in sys.stdin:
+            cmd, _, arg = line.strip().partition(" ")
+            if cmd == "session" and arg:
+                tree.session = arg.encode()
+            elif cmd == "stop":
+                break
+        stop.set()
+
+    threading.Thread(target=commands, daemon=True).start()
+    peak, breakdown, samples, cost, most = 0, [], 0, 0.0, 0
+    start = time.monotonic()
+    while True:
+        t0 = time.monotonic()
+        per_process = []
+        for pid in tree.members():
+            kb = pss_kb(pid)
+            if kb:
+                per_process.append((pid, kb))
+        total = sum(kb for _, kb in per_process)
+        if total > peak:
+            peak = total
+            breakdown = [(pid, process_name(pid), kb) for pid, kb in per_process]
+        most = max(most, len(per_process))
+        samples += 1
+        cost += time.monotonic() - t0
+        if stop.is_set():  # one last sample after 'stop', then report
+            break
+        stop.wait(interval)
+    elapsed = time.monotonic() - start
+    breakdown.sort(key=lambda p: -p[2])
+    json.dump(
+        {
+            "peak_mb": round(peak / 1024, 1),
+            "breakdown": [
+                {"pid": p, "name": n, "pss_mb": round(kb / 1024, 1)} for p, n, kb in breakdown
+            ],
+            "samples": samples,
+            "mean_interval_s": round(elapsed / max(samples - 1, 1), 3),
+            "sampling_s": round(cost, 3),
+            "max_processes": most,
+            "session_matched": sorted(tree._matched),
+        },
+        sys.stdout,
+    )
+
+
+class TreeSampler:
+    """Handle on a sampler side process watching ``root`` (default: this process)."""
+
+    def __init__(self, root: int | None = None, interval: float = 0.2):
+        self._proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), str(root or os.getpid()), str(interval)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.session: str | None = None
+
+    def set_session(self, name: str) -> None:
+        self.session = name
+        self._proc.stdin.write(f"session {name}\n")
+        self._proc.stdin.flush()
+
+    def watch_ray(self, poll: float = 0.1) -> threading.Thread:
+        """Poll (in a thread) until Ray is initialised in this process, then add its session."""
+
+        def poll_loop() -> None:
+            import ray
+
+            while self._proc.poll() is None and self.session is None:
+                try:
+                    if ray.is_initialized():
+                        self.set_session(ray.get_runtime_context().get_session_name())
+                        return
+                except Exception:  # Ray is mid-start or mid-shutdown: look again
+                    pass
+                time.sleep(poll)
+
+        thread = threading.Thread(target=poll_loop, daemon=True, name="ray-session-watch")
+        thread.start()
+        return thread
+
+    def stop(self) -> dict:
+        out, _ = self._proc.communicate("stop\n", timeout=60)
+        stats = json.loads(out)
+        stats["ray_session"] = self.session
+        return stats
+
+
+if __name__ == "__main__":
+    _sampler_main(int(sys.argv[1]), float(sys.argv[2]))

@@ -1,5 +1,1 @@
-"""Run outputs: schemas, sinks and the :class:`Result` reader."""
-
-from fedray.results.result import Result
-
-__all__ = ["Result"]
+"""Run outputs: schemas (``schema``), sinks (``writer``, ``tensorboard``) and the ``Result`` reader."""

@@ -1,24 +1,29 @@
 """fedray against the plain single-process torch loop, over the identical schedule of client updates.
 
-    .venv/bin/python benchmarks/bench_vs_loop.py                          # K=100, N=1000, 20 rounds
-    .venv/bin/python benchmarks/bench_vs_loop.py --clients-per-round 10 100 1000
-    .venv/bin/python benchmarks/bench_vs_loop.py --quick                  # smoke run, ~30 s
+    .venv/bin/python benchmarks/bench_vs_loop.py                   # K=100, N=1000, 20 rounds
+    .venv/bin/python benchmarks/bench_vs_loop.py -K 10 100 1000    # one setup per K
+    .venv/bin/python benchmarks/bench_vs_loop.py --quick           # smoke run, ~20 s
 
 Both sides train the same clients in the same rounds: the cohorts come from fedray's own seeded
 selection (``fedray.sim.selection.select_clients``), the data from ``workload.client_data``, the
 batch order from the same seeded shuffle and the initial model from the same seeded init, so the
-final models should agree up to float summation order. The profile is constant with dropout 0 and
-no deadline, so every selected client trains and is aggregated.
+final models agree up to float summation order. The profile is constant with dropout 0 and no
+deadline, so every selected client trains and is aggregated; the script checks that against
+fedray's client-event table.
 
-fedray side: ``fedray.run(cfg)`` (it starts and stops its own local Ray). Its rounds' time is
-``summary["wall_time_s"]`` and its fixed start-up cost ``summary["startup_s"]``; the whole call is
-timed too. Peak PSS of the whole process tree (this process, Ray's gcs_server/raylet/agents and
-the worker actors) is sampled in a background thread while it runs.
+fedray side: ``fedray.run(cfg, progress=False)``, which starts and stops its own local Ray. Its
+rounds' time is ``summary["wall_time_s"]``, its fixed start-up cost ``summary["startup_s"]``; the
+whole call is timed too. Peak PSS of the whole process tree (the process calling ``fedray.run``,
+Ray's gcs_server/raylet/agents/monitors and the worker actors) is sampled every ~0.2 s by
+``pss_tree.py``.
 
-Loop side: what a researcher writes: the client datasets generated once up front (not timed), then
-per round and client ``load_state_dict`` into an ``nn.Linear(60, 10)``, ``torch.optim.SGD`` over
-minibatches of a seeded shuffle, cross-entropy, and a sample-weighted average (FedAvg). Default
-torch threads. It evaluates on the same eval clients' test splits at the same cadence as fedray.
+Loop side: what a researcher writes. The client datasets are generated once up front (not timed);
+then per round and client ``load_state_dict`` into an ``nn.Linear(60, 10)``, ``torch.optim.SGD``
+over minibatches of a seeded shuffle with cross-entropy, and a sample-weighted average (FedAvg).
+Default torch threads. It evaluates on the same eval clients' test splits at fedray's cadence.
+
+Each side runs in a fresh child process (``--side``), so neither inherits the other's imports,
+allocations or threads, and the fedray process tree is exactly what ``fedray run`` would create.
 
 Prints a table and the key lines ``ratio fedray_rounds / loop``, ``fedray startup_s`` and
 ``peak PSS (process tree)``, and merges the results into ``benchmarks/results/bench_vs_loop.json``.
@@ -31,44 +36,14 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from pss_tree import TreeSampler  # benchmarks/pss_tree.py (on sys.path: run as a script)
-
-import fedray
-from fedray import seeding
-from fedray.clients.profiles import ProfileModel
-from fedray.config import Config, config_from_dict
-from fedray.sim.selection import select_clients
-from fedray.workloads import make_workload
-
 RESULTS_JSON = Path(__file__).resolve().parent / "results" / "bench_vs_loop.json"
-TARGETS = {"ratio": 1.0, "startup_s": 4.0, "peak_pss_mb": 1200.0}
-
-
-class _NoSampler:
-    """Stands in for :class:`TreeSampler` when sampling is off (``--sample-interval 0``)."""
-
-    def watch_ray(self) -> None:
-        pass
-
-    def stop(self) -> dict:
-        return {"peak_mb": float("nan"), "breakdown": [], "samples": 0, "ray_session": None}
-
-
-def start_sampler(interval: float, ray_session: bool):
-    if interval <= 0:
-        return _NoSampler()
-    sampler = TreeSampler(os.getpid(), interval)
-    if ray_session:
-        sampler.watch_ray()
-    return sampler
+TARGETS = {"ratio_rounds": 1.0, "startup_s": 4.0, "peak_pss_mb": 1200.0}
 
 
 # --------------------------------------------------------------------------- machine load
@@ -79,31 +54,6 @@ def _machine_ticks() -> tuple[int, int]:
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     idle = fields[3] + fields[4]  # idle + iowait
     return sum(fields) - idle, sum(fields)
-
-
-def _own_ticks() -> int:
-    """CPU ticks of this process plus its reaped descendants (Ray's daemons, the sampler)."""
-    stat = Path("/proc/self/stat").read_text()
-    utime, stime, cutime, cstime = (int(v) for v in stat[stat.rfind(")") + 2 :].split()[11:15])
-    return utime + stime + cutime + cstime
-
-
-class LoadMeter:
-    """CPUs kept busy by *other* processes while a measured section ran.
-
-    Machine busy ticks minus this process tree's ticks (children count once reaped; a Ray
-    worker that is never reaped would show up here as "other" load, so read it as an upper bound).
-    """
-
-    def __enter__(self) -> LoadMeter:
-        self._t0, self._machine0, self._own0 = time.monotonic(), _machine_ticks(), _own_ticks()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        elapsed = time.monotonic() - self._t0
-        busy1, _ = _machine_ticks()
-        other = (busy1 - self._machine0[0]) - (_own_ticks() - self._own0)
-        self.other_cpus = max(0.0, other / os.sysconf("SC_CLK_TCK") / max(elapsed, 1e-9))
 
 
 def busy_cpus(window: float = 1.0) -> float:
@@ -119,9 +69,7 @@ def wait_until_idle(max_wait: float, threshold: float = 0.25) -> float:
     deadline = time.monotonic() + max_wait
     busy = busy_cpus()
     while busy > threshold and time.monotonic() < deadline:
-        print(
-            f"  machine busy ({busy:.2f} CPUs in use by other processes); waiting ...", flush=True
-        )
+        print(f"  machine busy ({busy:.2f} CPUs in use); waiting ...", flush=True)
         busy = busy_cpus(3.0)
     return busy
 
@@ -129,35 +77,33 @@ def wait_until_idle(max_wait: float, threshold: float = 0.25) -> float:
 # --------------------------------------------------------------------------- configuration
 
 
-def make_config(args, clients_per_round: int, num_clients: int, output_root: str) -> Config:
+def config_dict(args, clients_per_round: int, num_clients: int, output_root: str) -> dict:
     execution = {}
     if args.workers:
         execution["num_workers"] = args.workers
     if args.clients_per_task:
         execution["clients_per_task"] = args.clients_per_task
-    return config_from_dict(
-        {
-            "seed": args.seed,
-            "rounds": args.rounds,
-            "clients_per_round": clients_per_round,
-            "eval_every": args.eval_every,
-            "workload": {"name": "synthetic", "alpha": 1.0, "beta": 1.0, "model": "logreg"},
-            "clients": {
-                "num_clients": num_clients,
-                "profile": {"dropout": 0.0, "availability": 1.0},
-            },
-            "deadline_s": None,
-            "strategy": {"name": "fedavg"},
-            "client": {"lr": 0.01, "batch_size": 10, "local_epochs": 1},
-            "execution": execution,
-            "output": {"root": output_root, "tensorboard": not args.no_tensorboard},
-        }
-    )
+    return {
+        "seed": args.seed,
+        "rounds": args.rounds,
+        "clients_per_round": clients_per_round,
+        "eval_every": args.eval_every,
+        "deadline_s": None,
+        "workload": {"name": "synthetic", "alpha": 1.0, "beta": 1.0, "model": "logreg"},
+        "clients": {"num_clients": num_clients, "profile": {"dropout": 0.0, "availability": 1.0}},
+        "strategy": {"name": "fedavg"},
+        "client": {"lr": 0.01, "batch_size": 10, "local_epochs": 1},
+        "execution": execution,
+        "output": {"root": output_root, "tensorboard": not args.no_tensorboard},
+    }
 
 
-def cohorts_of(cfg: Config) -> list[np.ndarray]:
+def cohorts_of(cfg):
     """The clients fedray trains in each round. With dropout 0, availability 1 and no deadline
     every selected client completes, so the cohort is exactly fedray's selection."""
+    from fedray.clients.profiles import ProfileModel
+    from fedray.sim.selection import select_clients
+
     profiles = ProfileModel(cfg.clients.profile, cfg.seed)
     return [
         select_clients(
@@ -171,7 +117,11 @@ def cohorts_of(cfg: Config) -> list[np.ndarray]:
     ]
 
 
-def eval_client_ids(cfg: Config) -> np.ndarray:
+def eval_client_ids(cfg):
+    import numpy as np
+
+    from fedray import seeding
+
     # The same seeded draw as fedray's driver-side Evaluator (fedray/sim/sync_driver.py).
     rng = seeding.generator(cfg.seed, "eval")
     n = cfg.clients.num_clients
@@ -179,18 +129,36 @@ def eval_client_ids(cfg: Config) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the two sides
+# Each runs in its own child process: `bench_vs_loop.py --side fedray|loop CONFIG_JSON OUT_JSON`.
 
 
-def run_fedray(cfg: Config, sample_interval: float) -> dict:
-    sampler = start_sampler(sample_interval, ray_session=True)
-    with LoadMeter() as load:
-        t0 = time.perf_counter()
-        result = fedray.run(cfg, progress=False)
-        total = time.perf_counter() - t0
-    memory = sampler.stop()
+def _start_sampler(interval: float, ray_session: bool):
+    if interval <= 0:
+        return None
+    from pss_tree import TreeSampler  # benchmarks/pss_tree.py, next to this script
+
+    sampler = TreeSampler(os.getpid(), interval)
+    if ray_session:
+        sampler.watch_ray()
+    return sampler
+
+
+def _stop_sampler(sampler) -> dict:
+    if sampler is None:
+        return {"peak_mb": float("nan"), "breakdown": []}
+    return sampler.stop()
+
+
+def side_fedray(cfg, sample_interval: float) -> dict:
+    import fedray
+
+    sampler = _start_sampler(sample_interval, ray_session=True)
+    t0 = time.perf_counter()
+    result = fedray.run(cfg, progress=False)
+    total = time.perf_counter() - t0
+    memory = _stop_sampler(sampler)
     summary = result.summary
-    rounds = result.rounds
-    events = result.clients[["round", "client_id", "status"]]
+    events = result.clients
     out = {
         "rounds_s": float(summary["wall_time_s"]),
         "startup_s": float(summary["startup_s"]),
@@ -198,42 +166,36 @@ def run_fedray(cfg: Config, sample_interval: float) -> dict:
         "num_workers": int(summary["num_workers"]),
         "final_eval_accuracy": float(summary["final"]["eval_accuracy"]),
         "final_eval_loss": float(summary["final"]["eval_loss"]),
-        "eval_accuracy_by_round": [float(a) for a in rounds["eval_accuracy"]],
-        "peak_pss_mb": memory["peak_mb"],
-        "peak_pss_breakdown": memory["breakdown"],
-        "pss_sampler": {k: v for k, v in memory.items() if k not in ("peak_mb", "breakdown")},
-        "other_load_cpus": round(load.other_cpus, 2),
-        "_events": events,
+        "eval_accuracy_by_round": [float(a) for a in result.rounds["eval_accuracy"]],
+        "peak_pss_mb": memory.pop("peak_mb"),
+        "peak_pss_breakdown": memory.pop("breakdown"),
+        "pss_sampler": memory,
+        "other_load_cpus": memory.get("other_load_cpus"),
+        "events": {
+            "round": events["round"].tolist(),
+            "client_id": events["client_id"].tolist(),
+            "status": events["status"].tolist(),
+        },
     }
     shutil.rmtree(result.path, ignore_errors=True)
     return out
 
 
-def initial_state(seed: int) -> dict[str, torch.Tensor]:
-    # Same seeded init as fedray's driver (fork torch's RNG, seed it from the run seed).
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seeding.purpose_code("init") ^ seed)
-        return {k: v.clone() for k, v in torch.nn.Linear(60, 10).state_dict().items()}
+def side_loop(cfg, sample_interval: float, threads: int | None) -> dict:
+    """The plain single-process FedAvg loop over fedray's cohorts."""
+    import torch
+    import torch.nn.functional as F
 
+    from fedray import seeding
+    from fedray.workloads import make_workload
 
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    logits = model(x)
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
-
-
-def run_loop(
-    cfg: Config, cohorts: list[np.ndarray], sample_interval: float, threads: int | None = None
-) -> dict:
-    """The plain single-process FedAvg loop over the given cohorts."""
-    default_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    sampler = start_sampler(sample_interval, ray_session=False)
-    seed, lr, bs = cfg.seed, cfg.client.lr, cfg.client.batch_size
-    epochs = cfg.client.local_epochs
+    sampler = _start_sampler(sample_interval, ray_session=False)
+    seed, lr, bs, epochs = cfg.seed, cfg.client.lr, cfg.client.batch_size, cfg.client.local_epochs
+    cohorts = cohorts_of(cfg)
 
-    # A researcher loads the dataset once; not timed.
+    # A researcher loads the dataset once: not timed.
     t0 = time.perf_counter()
     workload = make_workload(cfg.workload, seed)
     needed = sorted({int(c) for cohort in cohorts for c in cohort})
@@ -246,12 +208,21 @@ def run_loop(
     y_test = torch.cat([d.y_test for d in tests])
     data_s = time.perf_counter() - t0
 
-    model = torch.nn.Linear(60, 10)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)  # plain SGD: no state between clients
-    global_state = initial_state(seed)
-    acc_by_round = []
+    @torch.no_grad()
+    def evaluate(model) -> tuple[float, float]:
+        logits = model(x_test)
+        return F.cross_entropy(logits, y_test).item(), (logits.argmax(1) == y_test).float().mean().item()  # fmt: skip
 
-    load = LoadMeter().__enter__()
+    # fedray's seeded initial model: fork torch's RNG and seed it from the run seed.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeding.purpose_code("init") ^ seed)
+        global_state = {k: v.clone() for k, v in torch.nn.Linear(60, 10).state_dict().items()}
+    model = torch.nn.Linear(60, 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)  # plain SGD keeps no state
+    acc_by_round = []
+    cpu0 = time.process_time()
+    busy0 = _machine_ticks()[0]
+
     t0 = time.perf_counter()
     for round_, cohort in enumerate(cohorts, start=1):
         summed = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_state.items()}
@@ -275,68 +246,99 @@ def run_loop(
         global_state = {k: (v / total).to(torch.float32) for k, v in summed.items()}
         if round_ % cfg.eval_every == 0 or round_ == cfg.rounds:
             model.load_state_dict(global_state)
-            acc_by_round.append(accuracy(model, x_test, y_test)[1])
+            acc_by_round.append(evaluate(model)[1])
         else:
             acc_by_round.append(float("nan"))
     rounds_s = time.perf_counter() - t0
-    load.__exit__(None, None, None)
-    memory = sampler.stop()
+
+    own_ticks = (time.process_time() - cpu0) * os.sysconf("SC_CLK_TCK")
+    other = (_machine_ticks()[0] - busy0 - own_ticks) / os.sysconf("SC_CLK_TCK") / rounds_s
+    memory = _stop_sampler(sampler)
     model.load_state_dict(global_state)
-    loss, acc = accuracy(model, x_test, y_test)
-    threads_used = torch.get_num_threads()
-    torch.set_num_threads(default_threads)
+    loss, acc = evaluate(model)
     return {
         "rounds_s": rounds_s,
         "data_s": data_s,
-        "torch_threads": threads_used,
+        "torch_threads": torch.get_num_threads(),
         "clients_generated": len(needed),
         "final_eval_accuracy": acc,
         "final_eval_loss": loss,
         "eval_accuracy_by_round": acc_by_round,
         "peak_pss_mb": memory["peak_mb"],
-        "other_load_cpus": round(load.other_cpus, 2),
+        # The sampler process runs alongside and counts as "other" here (a few % of one CPU).
+        "other_load_cpus": round(max(0.0, other), 2),
     }
+
+
+def side_main(side: str, cfg_path: str, out_path: str, sample_interval: float, threads) -> None:
+    from fedray.config import config_from_dict
+
+    cfg = config_from_dict(json.loads(Path(cfg_path).read_text()))
+    if side == "fedray":
+        out = side_fedray(cfg, sample_interval)
+    else:
+        out = side_loop(cfg, sample_interval, threads)
+    Path(out_path).write_text(json.dumps(out))
+
+
+def run_side(side: str, cfg: dict, args, workdir: str) -> dict:
+    cfg_path, out_path = Path(workdir, "config.json"), Path(workdir, f"{side}.json")
+    cfg_path.write_text(json.dumps(cfg))
+    cmd = [sys.executable, os.path.abspath(__file__), "--side", side, str(cfg_path), str(out_path)]
+    cmd += ["--sample-interval", str(args.sample_interval)]
+    if args.loop_threads:
+        cmd += ["--loop-threads", str(args.loop_threads)]
+    subprocess.run(cmd, check=True)
+    return json.loads(out_path.read_text())
 
 
 # --------------------------------------------------------------------------- one setup
 
 
-def check_schedule(cfg: Config, cohorts: list[np.ndarray], events) -> None:
-    """fedray's client events must show exactly our cohorts, all completed."""
+def check_schedule(cohorts, events: dict) -> None:
+    """fedray's client events must show exactly the loop's cohorts, all completed."""
+    by_round: dict[int, set[int]] = {}
+    for r, cid, status in zip(events["round"], events["client_id"], events["status"], strict=True):
+        if status != "completed":
+            raise SystemExit(f"round {r}: client {cid} is {status!r}; check the profile")
+        by_round.setdefault(int(r), set()).add(int(cid))
     for round_, cohort in enumerate(cohorts, start=1):
-        rows = events[events["round"] == round_]
-        if set(rows["client_id"].tolist()) != set(cohort.tolist()):
+        if by_round.get(round_) != set(cohort.tolist()):
             raise SystemExit(f"round {round_}: fedray trained different clients than the loop")
-        if not (rows["status"] == "completed").all():
-            raise SystemExit(f"round {round_}: not every client completed; check the profile")
 
 
 def bench_one(args, clients_per_round: int) -> dict:
+    import numpy as np
+
+    from fedray.config import config_from_dict
+    from fedray.workloads import make_workload
+
     num_clients = args.num_clients or max(1000, 2 * clients_per_round)
     label = f"K={clients_per_round},N={num_clients},R={args.rounds},W={args.workers or 'auto'}"
-    print(f"\n== {label}: Synthetic(1,1) logreg, 1 epoch, batch 10, lr 0.01, FedAvg")
-    root = tempfile.mkdtemp(prefix="fedray-bench-")
+    print(f"\n== {label}: Synthetic(1,1) logreg, 1 epoch, batch 10, lr 0.01, FedAvg", flush=True)
+    workdir = tempfile.mkdtemp(prefix="fedray-bench-")
     try:
-        cfg = make_config(args, clients_per_round, num_clients, root)
+        cfg_dict = config_dict(args, clients_per_round, num_clients, workdir)
+        cfg = config_from_dict(cfg_dict)
         cohorts = cohorts_of(cfg)
-        sizes = np.concatenate([workload_sizes(cfg, c) for c in cohorts])
-        fed_runs, loop_runs, busy = [], [], []
+        workload = make_workload(cfg.workload, cfg.seed)
+        sizes = np.concatenate([workload.num_train_samples(c) for c in cohorts])
+        fed_runs, loop_runs, idle = [], [], []
         for rep in range(args.repeats):
-            busy.append(wait_until_idle(args.wait_idle))
+            idle.append(wait_until_idle(args.wait_idle))
             print(f"  [{rep + 1}/{args.repeats}] fedray.run ...", flush=True)
-            fed = run_fedray(cfg, args.sample_interval)
-            check_schedule(cfg, cohorts, fed.pop("_events"))
+            fed = run_side("fedray", cfg_dict, args, workdir)
+            check_schedule(cohorts, fed.pop("events"))
             fed_runs.append(fed)
-            busy.append(wait_until_idle(args.wait_idle))
+            idle.append(wait_until_idle(args.wait_idle))
             print(f"  [{rep + 1}/{args.repeats}] plain torch loop ...", flush=True)
-            loop_runs.append(run_loop(cfg, cohorts, args.sample_interval, args.loop_threads))
+            loop_runs.append(run_side("loop", cfg_dict, args, workdir))
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
 
-    # Best of the repeats for times (least disturbed by other load); worst for memory.
+    # Best of the repeats for times (least disturbed by other load), worst for memory.
     fed = min(fed_runs, key=lambda r: r["rounds_s"])
     loop = min(loop_runs, key=lambda r: r["rounds_s"])
-    startup = min(r["startup_s"] for r in fed_runs)
     return {
         "label": label,
         "setup": {
@@ -353,41 +355,40 @@ def bench_one(args, clients_per_round: int) -> dict:
             "sgd_steps_per_round_mean": float(np.ceil(sizes / cfg.client.batch_size).sum())
             / args.rounds,
         },
-        "fedray": fed,
-        "loop": loop,
-        "fedray_startup_s_best": startup,
-        "fedray_startup_s_all": [r["startup_s"] for r in fed_runs],
-        "fedray_rounds_s_all": [r["rounds_s"] for r in fed_runs],
-        "loop_rounds_s_all": [r["rounds_s"] for r in loop_runs],
-        "peak_pss_mb_max": max(r["peak_pss_mb"] for r in fed_runs),
         "ratio_rounds": fed["rounds_s"] / loop["rounds_s"],
         "ratio_total": fed["total_s"] / loop["rounds_s"],
+        "fedray_startup_s": min(r["startup_s"] for r in fed_runs),
+        "peak_pss_mb": max(r["peak_pss_mb"] for r in fed_runs),
         "accuracy_gap": abs(fed["final_eval_accuracy"] - loop["final_eval_accuracy"]),
-        "idle_check_busy_cpus": [round(b, 2) for b in busy],
-        "other_load_cpus": max(fed["other_load_cpus"], loop["other_load_cpus"]),
+        "other_load_cpus": max(fed["other_load_cpus"] or 0.0, loop["other_load_cpus"]),
+        "fedray": fed,
+        "loop": loop,
+        "all_repeats": {
+            "fedray_rounds_s": [r["rounds_s"] for r in fed_runs],
+            "fedray_startup_s": [r["startup_s"] for r in fed_runs],
+            "fedray_total_s": [r["total_s"] for r in fed_runs],
+            "fedray_peak_pss_mb": [r["peak_pss_mb"] for r in fed_runs],
+            "fedray_other_load_cpus": [r["other_load_cpus"] for r in fed_runs],
+            "loop_rounds_s": [r["rounds_s"] for r in loop_runs],
+            "loop_other_load_cpus": [r["other_load_cpus"] for r in loop_runs],
+            "busy_cpus_before_each_run": [round(b, 2) for b in idle],
+        },
     }
-
-
-def workload_sizes(cfg: Config, cohort: np.ndarray) -> np.ndarray:
-    return make_workload(cfg.workload, cfg.seed).num_train_samples(cohort)
 
 
 def report(res: dict) -> None:
     fed, loop, s = res["fedray"], res["loop"], res["setup"]
     print(
         f"  {s['sgd_steps_per_round_mean']:.0f} SGD steps/round on average "
-        f"(largest client {s['train_samples_client_max']} samples); "
-        f"fedray with {s['workers']} workers, {s['clients_per_task']} clients/task"
+        f"(largest client {s['train_samples_client_max']} samples); fedray: {s['workers']} "
+        f"workers, {s['clients_per_task']} clients/task; loop: {loop['torch_threads']} torch threads"
     )
+    per_round = [f"{1000 * r['rounds_s'] / s['rounds']:.0f}" for r in (fed, loop)]
     rows = [
         ("rounds wall time (s)", f"{fed['rounds_s']:.2f}", f"{loop['rounds_s']:.2f}"),
+        ("per round (ms)", *per_round),
         ("fixed start-up (s)", f"{fed['startup_s']:.2f}", f"{loop['data_s']:.2f} (data gen)"),
-        (
-            "total wall time (s)",
-            f"{fed['total_s']:.2f}",
-            f"{loop['rounds_s'] + loop['data_s']:.2f}",
-        ),
-        ("per round (ms)", *(f"{1000 * r['rounds_s'] / s['rounds']:.0f}" for r in (fed, loop))),
+        ("whole run (s)", f"{fed['total_s']:.2f}", f"{loop['rounds_s'] + loop['data_s']:.2f}"),
         ("final eval accuracy", *(f"{r['final_eval_accuracy']:.4f}" for r in (fed, loop))),
         ("final eval loss", *(f"{r['final_eval_loss']:.4f}" for r in (fed, loop))),
         ("peak PSS (MB)", f"{fed['peak_pss_mb']:.0f} (tree)", f"{loop['peak_pss_mb']:.0f}"),
@@ -395,29 +396,32 @@ def report(res: dict) -> None:
     print(f"  {'':<22} {'fedray':>16} {'torch loop':>18}")
     for name, a, b in rows:
         print(f"  {name:<22} {a:>16} {b:>18}")
-    top = ", ".join(f"{p['name']} {p['pss_mb']:.0f}" for p in fed["peak_pss_breakdown"][:6])
+    top = ", ".join(f"{p['name']} {p['pss_mb']:.0f}" for p in fed["peak_pss_breakdown"][:7])
     print(f"  PSS at peak by process (MB): {top}")
     if res["other_load_cpus"] > 0.2:
         print(
             f"  WARNING: other processes kept up to {res['other_load_cpus']:.1f} CPUs busy during "
-            "the chosen runs; timings are unreliable (use --wait-idle and --repeats)"
+            "the reported runs; timings are unreliable (use --wait-idle and --repeats)"
         )
 
     def verdict(ok: bool) -> str:
         return "ok" if ok else "MISSED"
 
-    r, st, mem = res["ratio_rounds"], res["fedray_startup_s_best"], res["peak_pss_mb_max"]
+    r, st, mem = res["ratio_rounds"], res["fedray_startup_s"], res["peak_pss_mb"]
     print(f"ratio fedray_rounds / loop = {r:.2f}   (target <= 1.0: {verdict(r <= 1.0)})")
-    print(f"ratio fedray_total / loop = {res['ratio_total']:.2f}")
+    print(f"ratio fedray_total / loop = {res['ratio_total']:.2f}   (whole fedray.run call)")
     print(f"fedray startup_s = {st:.1f}   (target <= 4 s: {verdict(st <= 4.0)})")
     print(f"peak PSS (process tree) = {mem:.0f} MB   (target <= 1200 MB: {verdict(mem <= 1200)})")
-    print(
-        f"accuracy fedray = {fed['final_eval_accuracy']:.4f}, loop = {loop['final_eval_accuracy']:.4f}"
-    )
+    acc_f, acc_l = fed["final_eval_accuracy"], loop["final_eval_accuracy"]
+    print(f"final eval accuracy: fedray = {acc_f:.4f}, loop = {acc_l:.4f}")
 
 
 def save(results: list[dict], path: Path) -> None:
     """Merge into the JSON file: one entry per setup label, newest wins."""
+    import torch
+
+    import fedray
+
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         existing = json.loads(path.read_text())
@@ -450,10 +454,7 @@ def parse_args(argv=None):
         help="K; several values run one setup each (default 100)",
     )  # fmt: skip
     p.add_argument("--rounds", type=int, default=20)
-    p.add_argument(
-        "--num-clients", "-N", type=int, default=None,
-        help="N (default max(1000, 2K))",
-    )  # fmt: skip
+    p.add_argument("--num-clients", "-N", type=int, default=None, help="N (default max(1000, 2K))")
     p.add_argument("--workers", type=int, default=None, help="fedray workers (default: per CPU)")
     p.add_argument("--clients-per-task", type=int, default=None, help="fedray default if unset")
     p.add_argument("--eval-every", type=int, default=1)
@@ -464,13 +465,14 @@ def parse_args(argv=None):
         help="torch threads for the loop (default: torch's default)",
     )  # fmt: skip
     p.add_argument("--no-tensorboard", action="store_true", help="fedray without its TB sink")
-    p.add_argument("--sample-interval", type=float, default=0.2, help="PSS sampling period (s)")
+    p.add_argument("--sample-interval", type=float, default=0.2, help="PSS period (s); 0: off")
     p.add_argument(
         "--wait-idle", type=float, default=0.0,
         help="wait up to this many seconds for the machine to go idle before each timed run",
     )  # fmt: skip
     p.add_argument("--json", type=Path, default=RESULTS_JSON, help="results file (merged)")
     p.add_argument("--quick", action="store_true", help="smoke run: K=10, N=100, 3 rounds")
+    p.add_argument("--side", nargs=3, metavar=("SIDE", "CFG", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.clients_per_round, args.num_clients, args.rounds = [10], 100, 3
@@ -482,9 +484,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.side:
+        side_main(*args.side, args.sample_interval, args.loop_threads)
+        return 0
     print(
-        f"fedray {fedray.__version__}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, python {sys.version.split()[0]}"
+        f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
     )
     results = []
     for k in args.clients_per_round:

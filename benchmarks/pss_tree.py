@@ -37,16 +37,24 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def process_table() -> dict[int, int]:
-    """pid -> ppid of every process."""
+def process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, CPU ticks used: utime + stime) of every process."""
     table = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             stat = _read(f"/proc/{entry.name}/stat")
             if stat:
                 # Fields after the last ')': the command name may contain ')' or spaces.
-                table[int(entry.name)] = int(stat[stat.rfind(b")") + 2 :].split()[1])
+                fields = stat[stat.rfind(b")") + 2 :].split()
+                table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
     return table
+
+
+def machine_busy_ticks() -> int:
+    """Busy (non-idle, non-iowait) ticks of all CPUs since boot."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    return sum(fields) - fields[3] - fields[4]
 
 
 def pss_kb(pid: int) -> int | None:
@@ -69,10 +77,10 @@ class _Tree:
         self._matched: set[int] = set()
         self._checked: set[int] = set()  # pids whose command line was already looked at
 
-    def members(self) -> set[int]:
+    def members(self) -> tuple[set[int], dict[int, tuple[int, int]]]:
         table = process_table()
         children: dict[int, list[int]] = {}
-        for pid, ppid in table.items():
+        for pid, (ppid, _) in table.items():
             children.setdefault(ppid, []).append(pid)
         roots = [self.root]
         if self.session:
@@ -90,7 +98,7 @@ class _Tree:
                 continue
             members.add(pid)
             stack.extend(children.get(pid, ()))
-        return members
+        return members, table
 
 
 def _sampler_main(root: int, interval: float) -> None:
@@ -110,11 +118,19 @@ def _sampler_main(root: int, interval: float) -> None:
 
     threading.Thread(target=commands, daemon=True).start()
     peak, breakdown, samples, cost, most = 0, [], 0, 0.0, 0
-    start = time.monotonic()
+    # CPU accounting: ticks each member used since we first saw it (or since its start, for
+    # processes born during the run), so that load from *other* processes can be told apart.
+    first_ticks: dict[int, int] = {}
+    last_ticks: dict[int, int] = {}
+    start, busy0 = time.monotonic(), machine_busy_ticks()
     while True:
         t0 = time.process_time()
+        members, table = tree.members()
         per_process = []
-        for pid in tree.members():
+        for pid in members:
+            ticks = table[pid][1]
+            first_ticks.setdefault(pid, ticks if samples == 0 else 0)
+            last_ticks[pid] = ticks
             kb = pss_kb(pid)
             if kb:
                 per_process.append((pid, kb))
@@ -129,6 +145,10 @@ def _sampler_main(root: int, interval: float) -> None:
             break
         stop.wait(interval)
     elapsed = time.monotonic() - start
+    hz = os.sysconf("SC_CLK_TCK")
+    own = sum(os.times()[:2]) * hz  # the sampler's own CPU
+    tree_ticks = sum(last_ticks[p] - first_ticks[p] for p in last_ticks)
+    other = machine_busy_ticks() - busy0 - tree_ticks - own
     breakdown.sort(key=lambda p: -p[2])
     json.dump(
         {
@@ -140,6 +160,9 @@ def _sampler_main(root: int, interval: float) -> None:
             "mean_interval_s": round(elapsed / max(samples - 1, 1), 3),
             "sampling_cpu_s": round(cost, 3),
             "max_processes": most,
+            "tree_cpus": round(tree_ticks / hz / elapsed, 2),
+            # Upper bound: CPU of members that exited between samples is counted as other load.
+            "other_load_cpus": round(max(0.0, other / hz / elapsed), 2),
             "session_matched": sorted(tree._matched),
         },
         sys.stdout,

@@ -1,9 +1,9 @@
 """fedray: a virtual-clock federated-learning simulator on a Ray actor pool.
 
-    import fedray
-    result = fedray.run(fedray.load_config("configs/fedavg_synthetic.yaml", overrides=["rounds=5"]))
-    result.rounds, result.clients          # pandas DataFrames
-    fedray.Result.from_path(result.path)   # rebuild from disk
+import fedray
+result = fedray.run(fedray.load_config("configs/fedavg_synthetic.yaml", overrides=["rounds=5"]))
+result.rounds, result.clients          # pandas DataFrames
+fedray.Result.from_path(result.path)   # rebuild from disk
 """
 
 from __future__ import annotations

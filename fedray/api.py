@@ -37,6 +37,24 @@ def _default_run_name(cfg: Config) -> str:
     return name
 
 
+def check_address(address: str, timeout_s: float = 3.0) -> None:
+    """Fail fast on an unreachable ``host:port`` — ``ray.init`` would retry for minutes."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"Ray address {address!r} must look like HOST:PORT, e.g. 127.0.0.1:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise UserError(
+            f"no Ray cluster answers at {address!r} ({err.strerror or err}); start one with "
+            "'ray start --head' or drop --address to run on a local Ray"
+        ) from None
+
+
 def _start_ray(cfg: Config, verbose: bool) -> bool:
     """Connect to or start Ray. Returns True if this call started it (and must stop it)."""
     import ray
@@ -84,6 +102,8 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     profiles = ProfileModel(cfg.clients.profile, cfg.seed)  # fails fast on a bad trace file
+    if cfg.execution.address and not ray.is_initialized():
+        check_address(cfg.execution.address)
     run_dir = RunDirectory(
         cfg.output.root, cfg.output.name or _default_run_name(cfg), cfg.output.overwrite
     )

@@ -119,3 +119,19 @@ def test_no_traceback_from_the_real_executable(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "fedray: error: invalid config: rounds = -1: Input should be greater than or equal to 1"
     ]
+
+
+@pytest.mark.parametrize(
+    "address, expected",
+    [
+        ("127.0.0.1:1", "no Ray cluster answers at '127.0.0.1:1'"),
+        ("nonsense", "must look like HOST:PORT"),
+    ],
+)
+def test_unreachable_address_fails_fast_and_leaves_nothing(tmp_path, capsys, address, expected):
+    path = write(tmp_path, "rounds: 1\n")
+    code, err = run_cli(
+        ["run", str(path), "--out", str(tmp_path / "res"), "--address", address], capsys
+    )
+    assert code == 2 and expected in err and err.count("\n") == 1
+    assert not (tmp_path / "res").exists()

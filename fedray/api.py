@@ -133,7 +133,13 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
             num_workers,
             cpus_per_worker=cfg.execution.cpus_per_worker,
             gpus_per_worker=cfg.execution.gpus_per_worker,
-            worker_args=(cfg.workload, cfg.client, cfg.seed, cfg.execution.data_cache_mb),
+            worker_args=(
+                cfg.workload,
+                cfg.client,
+                cfg.compression.uplink,
+                cfg.seed,
+                cfg.execution.data_cache_mb,
+            ),
         )
         # The driver prepares its side while the actors import torch.
         workload = make_workload(cfg.workload, cfg.seed)
@@ -157,8 +163,13 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
             bar.update(row["round"], row["sim_time_s"], row["eval_accuracy"])
             last.update(row)
 
-        driver = SyncDriver(cfg, workload, profiles, pool, evaluator, record)
-        state = driver.run()
+        driver = SyncDriver(
+            cfg, workload, profiles, pool, evaluator, record, run_dir.path / ".client_state"
+        )
+        try:
+            state = driver.run()
+        finally:
+            driver.close()
         success = True
         summary.update(
             status="completed",

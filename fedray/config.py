@@ -188,6 +188,50 @@ class ClientTrainingConfig(_Model):
     local_epochs: int = Field(default=1, ge=1)
 
 
+class CodecConfig(_Model):
+    """One link's codec; options a codec does not take must be left out (see the README)."""
+
+    name: Literal["none", "fp16", "bf16", "int8", "qsgd", "topk", "randk", "signsgd"] = "none"
+    fraction: float | None = None
+    k: int | None = None
+    levels: int | None = None
+    bucket_size: int | None = None
+    chunk_size: int | None = None
+    error_feedback: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data: Any) -> Any:
+        # `--set compression.uplink=fp16` means {name: fp16}.
+        return {"name": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _buildable(self):
+        from fedray.compression import make_codec
+
+        make_codec(self)  # raises CodecOptionError (a ValueError) naming the option
+        return self
+
+
+_DOWNLINK_CODECS = ("none", "fp16", "bf16", "int8")
+
+
+class CompressionConfig(_Model):
+    """``uplink`` compresses client updates; ``downlink`` the global model sent to clients."""
+
+    uplink: CodecConfig = CodecConfig()
+    downlink: CodecConfig = CodecConfig()
+
+    @model_validator(mode="after")
+    def _downlink_quantisers_only(self):
+        if self.downlink.name not in _DOWNLINK_CODECS:
+            raise ValueError(
+                f"downlink codec {self.downlink.name!r} is not supported; the model broadcast "
+                f"takes {', '.join(_DOWNLINK_CODECS)} (sparsifiers apply to updates, not models)"
+            )
+        return self
+
+
 class ExecutionConfig(_Model):
     num_workers: int | None = Field(default=None, ge=1, description="default: one per CPU")
     cpus_per_worker: float = Field(default=1.0, gt=0)
@@ -196,6 +240,7 @@ class ExecutionConfig(_Model):
     address: str | None = None
     object_store_mb: int = Field(default=256, ge=80)
     data_cache_mb: int = Field(default=256, ge=0)
+    client_state_mb: int = Field(default=256, ge=0, description="in-memory per-client state")
 
 
 class OutputConfig(_Model):
@@ -219,6 +264,7 @@ class Config(_Model):
     clients: ClientsConfig = ClientsConfig()
     strategy: StrategyConfig = StrategyConfig()
     client: ClientTrainingConfig = ClientTrainingConfig()
+    compression: CompressionConfig = CompressionConfig()
     execution: ExecutionConfig = ExecutionConfig()
     output: OutputConfig = OutputConfig()
     _source: Path | None = PrivateAttr(default=None)  # the YAML file it was loaded from

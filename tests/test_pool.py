@@ -15,7 +15,7 @@ def test_pool_matches_in_process_and_survives_a_dead_actor(ray_session):
     import ray
 
     cfg = config_from_dict({"workload": {"max_samples": 150}})
-    args = (cfg.workload, cfg.client, 9, 16)
+    args = (cfg.workload, cfg.client, cfg.compression.uplink, 9, 16)
     local = ClientWorker(*args)
     params = flat_params(local.workload.build_model())
     groups = [[Task(c, 1), Task(c + 1, 2)] for c in range(0, 12, 2)]

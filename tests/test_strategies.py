@@ -106,7 +106,7 @@ def test_worker_presum_equals_fedavg_of_independent_clients():
     cfg = config_from_dict(
         {"workload": {"max_samples": 200}, "client": {"lr": 0.05, "local_epochs": 2}}
     )
-    worker = ClientWorker(cfg.workload, cfg.client, seed=5)
+    worker = ClientWorker(cfg.workload, cfg.client, cfg.compression.uplink, seed=5)
     global_params = flat_params(worker.workload.build_model())
     handed_in = global_params.copy()  # as a worker receives it from the object store: read-only
     handed_in.setflags(write=False)

@@ -75,6 +75,7 @@ class WorkerPool:
         groups: Sequence[list[Task]],
         costs: Sequence[float],
         mu: float,
+        residuals: Sequence[dict | None] | None = None,
     ) -> list[GroupResult]:
         """Train every group against the model behind ``params_ref``; results in group order."""
         pending = [int(i) for i in np.argsort(-np.asarray(costs, dtype=np.float64), kind="stable")]
@@ -85,7 +86,10 @@ class WorkerPool:
 
         def submit(slot: int) -> None:
             group = pending.pop(0)
-            ref = self.actors[slot].run_group.remote(params_ref, group, round_, groups[group], mu)
+            state = residuals[group] if residuals is not None else None
+            ref = self.actors[slot].run_group.remote(
+                params_ref, group, round_, groups[group], mu, state
+            )
             in_flight[ref] = (group, slot)
             load[slot] += 1
 

@@ -1,8 +1,10 @@
 """The code that runs inside one pool actor: local training of a group of virtual clients.
 
-A worker is long-lived and executes many virtual clients one after another. For a linear
-aggregator it returns the group's pre-summed update Σ n_k Δ_k (in float64, summed in the group's
-fixed client order), so the driver holds O(model) memory however many clients a round has.
+A worker is long-lived and executes many virtual clients one after another. Each client's update
+Δ_k is encoded with the uplink codec — the payload's length is what the client uploads — and
+decoded again, as the server would. For a linear aggregator the worker then returns the group's
+pre-summed decoded update Σ n_k Δ̂_k (float64, summed in the group's fixed client order), so the
+driver holds O(model) memory however many clients a round has, while bytes stay per client.
 Client data is generated on demand from (seed, client id) and kept in a bounded LRU cache.
 """
 
@@ -29,14 +31,18 @@ class GroupResult:
     num_samples: np.ndarray
     train_loss: np.ndarray
     steps: np.ndarray
+    bytes_up: np.ndarray  # real payload length per client
+    residuals: dict[int, np.ndarray]  # new error-feedback residuals (empty without feedback)
 
 
 class ClientWorker:
     """Executes groups of client tasks against a given global model. Wrapped as a Ray actor by
     :class:`fedray.execution.pool.WorkerPool`; usable directly in-process too."""
 
-    def __init__(self, workload_cfg, client_cfg, seed: int, data_cache_mb: int = 256):
+    def __init__(self, workload_cfg, client_cfg, uplink_cfg, seed: int, data_cache_mb: int = 256):
         import torch
+
+        from fedray.compression import make_codec
 
         # One intra-op thread per actor: parallelism comes from the pool, and oversubscribed
         # BLAS threads make small-model training several times slower.
@@ -47,6 +53,8 @@ class ClientWorker:
         self.client_cfg = client_cfg
         self.seed = seed
         self.model = self.workload.build_model()
+        self.segments = tuple(p.numel() for p in self.model.parameters())
+        self.codec = make_codec(uplink_cfg)
         self._cache: OrderedDict[int, object] = OrderedDict()
         self._cache_bytes = 0
         self._cache_budget = data_cache_mb * 2**20
@@ -70,11 +78,20 @@ class ClientWorker:
         return data
 
     def run_group(
-        self, global_params: np.ndarray, group_index: int, round_: int, tasks: list[Task], mu: float
+        self,
+        global_params: np.ndarray,
+        group_index: int,
+        round_: int,
+        tasks: list[Task],
+        mu: float,
+        residuals: dict[int, np.ndarray] | None = None,
     ) -> GroupResult:
+        """Train ``tasks`` from ``global_params``; ``residuals`` holds the error-feedback state of
+        those clients that have one (the driver's client-state store owns it between rounds)."""
         import torch
 
         from fedray import seeding
+        from fedray.compression import encode_with_feedback
         from fedray.training import flat_params, load_flat_params
 
         base = np.asarray(global_params, dtype=np.float32)
@@ -83,6 +100,9 @@ class ClientWorker:
         n = len(tasks)
         ids, samples = np.empty(n, np.int64), np.empty(n, np.int64)
         losses, steps = np.empty(n, np.float64), np.empty(n, np.int64)
+        sizes = np.empty(n, np.int64)
+        new_residuals: dict[int, np.ndarray] = {}
+        residuals = residuals or {}
         weight_sum = 0.0
         for i, task in enumerate(tasks):
             load_flat_params(self.model, base_tensor)
@@ -97,8 +117,15 @@ class ClientWorker:
                 mu=mu,
                 rng=rng,
             )
+            update = flat_params(self.model) - base
+            codec_rng = seeding.generator(self.seed, "codec", task.client_id, round_)
+            payload, residual = encode_with_feedback(
+                self.codec, update, self.segments, codec_rng, residuals.get(task.client_id)
+            )
+            if residual is not None:
+                new_residuals[task.client_id] = residual
             weight = len(data.x_train)
-            update_sum += weight * (flat_params(self.model) - base).astype(np.float64)
+            update_sum += weight * self.codec.decode(payload, self.segments).astype(np.float64)
             weight_sum += weight
             ids[i], samples[i], losses[i], steps[i] = (
                 task.client_id,
@@ -106,4 +133,7 @@ class ClientWorker:
                 stats.loss,
                 stats.steps,
             )
-        return GroupResult(group_index, update_sum, weight_sum, ids, samples, losses, steps)
+            sizes[i] = len(payload)
+        return GroupResult(
+            group_index, update_sum, weight_sum, ids, samples, losses, steps, sizes, new_residuals
+        )

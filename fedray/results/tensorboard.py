@@ -35,6 +35,7 @@ class TensorBoardSink:
             "time/sim_time_s": row["sim_time_s"],
             "comm/cum_MB_up": row["cum_bytes_up"] / 1e6,
             "comm/cum_MB_down": row["cum_bytes_down"] / 1e6,
+            "comm/compression_ratio": row["compression_ratio"],
         }
         for tag, value in scalars.items():
             if value is not None and not (isinstance(value, float) and math.isnan(value)):

@@ -5,6 +5,11 @@ Per round: sample the cohort from (seed, round); plan the round in virtual time
 ``execution.clients_per_task`` cut from the cohort in its seeded order (never by worker count);
 sum the groups' pre-summed updates in group order; take the strategy's server step; evaluate;
 hand the rows to the recorder. The global model goes into Ray's object store once per round.
+
+Bytes are real payload lengths: the global model is encoded once per round with the downlink
+codec (clients train from the decoded model), and each update with the uplink codec on the
+worker. All shipped codecs have data-independent payload sizes, so the upload time is known at
+dispatch; the worker's real lengths are checked against it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import torch
 
 from fedray import seeding
 from fedray.clients.profiles import ProfileModel
+from fedray.clients.state_store import ClientStateStore
+from fedray.compression import make_codec
 from fedray.config import Config
 from fedray.execution.pool import WorkerPool
 from fedray.execution.worker import Task
@@ -97,6 +104,7 @@ class SyncDriver:
         pool: WorkerPool,
         evaluator: Evaluator,
         recorder: Callable[..., None],
+        state_dir=None,
     ):
         self.cfg = cfg
         self.workload = workload
@@ -107,9 +115,31 @@ class SyncDriver:
         self.strategy = make_strategy(cfg.strategy)
         params = initial_params(workload, cfg.seed)
         self.state = DriverState(server=self.strategy.init(params))
-        # Without a codec the payload is the float32 parameter vector, both ways.
-        self.model_bytes = int(params.nbytes)
-        self.update_bytes = int(params.nbytes)
+        self.segments = tuple(p.numel() for p in workload.build_model().parameters())
+        self.uplink = make_codec(cfg.compression.uplink)
+        self.downlink = make_codec(cfg.compression.downlink)
+        zeros = np.zeros_like(params)
+        raw = make_codec("none")
+        self.raw_bytes = len(raw.encode(zeros, self.segments, None))
+        self.update_bytes = len(
+            self.uplink.encode(zeros, self.segments, seeding.generator(0, "size"))
+        )
+        self.residuals = (
+            ClientStateStore(cfg.execution.client_state_mb * 2**20, state_dir)
+            if self.uplink.uses_error_feedback
+            else None
+        )
+
+    def close(self) -> None:
+        if self.residuals is not None:
+            self.residuals.close()
+
+    def broadcast(self, round_: int) -> tuple[np.ndarray, int]:
+        """The model clients start from this round (as decoded from the downlink payload) and
+        the payload's length."""
+        rng = seeding.generator(self.cfg.seed, "downlink", 0, round_)
+        payload = self.downlink.encode(self.state.server.params, self.segments, rng)
+        return self.downlink.decode(payload, self.segments), len(payload)
 
     def run(self) -> DriverState:
         wall_start = time.perf_counter()
@@ -128,6 +158,7 @@ class SyncDriver:
             profiles=self.profiles,
         )
         num_samples = self.workload.num_train_samples(cohort)
+        start_params, model_bytes = self.broadcast(round_)
         plan = plan_round(
             seed=cfg.seed,
             round_=round_,
@@ -135,7 +166,7 @@ class SyncDriver:
             profiles=self.profiles.lookup(cohort),
             num_samples=num_samples,
             local_epochs=cfg.client.local_epochs,
-            model_bytes=self.model_bytes,
+            model_bytes=model_bytes,
             update_bytes=self.update_bytes,
             clients_per_round=cfg.clients_per_round,
             deadline_s=cfg.deadline_s,
@@ -145,9 +176,19 @@ class SyncDriver:
 
         losses = np.full(len(cohort), np.nan)
         if groups:
-            params_ref = ray.put(state.server.params)
+            params_ref = ray.put(start_params)
+            residuals = None
+            if self.residuals is not None:
+                residuals = [
+                    {
+                        t.client_id: r
+                        for t in g
+                        if (r := self.residuals.get(t.client_id)) is not None
+                    }
+                    for g in groups
+                ]
             results = self.pool.run_groups(
-                params_ref, round_, groups, costs, self.strategy.client_mu
+                params_ref, round_, groups, costs, self.strategy.client_mu, residuals
             )
             del params_ref
             update_sum = np.zeros(state.server.params.shape, dtype=np.float64)
@@ -158,12 +199,22 @@ class SyncDriver:
                 weight_sum += result.weight_sum
                 for cid, loss in zip(result.client_ids, result.train_loss, strict=True):
                     losses[position[int(cid)]] = loss
+                if np.any(result.bytes_up != self.update_bytes):
+                    raise RuntimeError(
+                        f"{self.uplink.name} produced {sorted(set(result.bytes_up))} bytes, "
+                        f"planned {self.update_bytes}: codec sizes must not depend on the data"
+                    )
+                if self.residuals is not None:
+                    for cid, residual in sorted(result.residuals.items()):
+                        self.residuals.put(cid, residual)
             state.server = self.strategy.apply(state.server, update_sum, weight_sum)
 
         dispatch = state.sim_time_s
         state.sim_time_s += plan.duration_s
         state.round = round_
         bytes_up, bytes_down = int(plan.bytes_up.sum()), int(plan.bytes_down.sum())
+        bytes_up_raw = int(plan.accepted.sum()) * self.raw_bytes
+        bytes_down_raw = int(np.round(plan.bytes_down * (self.raw_bytes / model_bytes)).sum())
         state.cum_bytes_up += bytes_up
         state.cum_bytes_down += bytes_down
 
@@ -194,6 +245,9 @@ class SyncDriver:
             "num_stragglers": int((plan.status == STRAGGLER).sum()),
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
+            "bytes_up_raw": bytes_up_raw,
+            "bytes_down_raw": bytes_down_raw,
+            "compression_ratio": bytes_up_raw / bytes_up if bytes_up else np.nan,
             "cum_bytes_up": state.cum_bytes_up,
             "cum_bytes_down": state.cum_bytes_down,
             "train_loss": train_loss,

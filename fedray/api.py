@@ -55,7 +55,7 @@ def check_address(address: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
-def _start_ray(cfg: Config, verbose: bool) -> bool:
+def start_ray(cfg: Config, verbose: bool) -> bool:
     """Connect to or start Ray. Returns True if this call started it (and must stop it)."""
     import ray
 
@@ -119,7 +119,7 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
     owns_ray, pool, tb, bar = False, None, None, None
     success = False
     try:
-        owns_ray = _start_ray(cfg, verbose)
+        owns_ray = start_ray(cfg, verbose)
         num_workers = cfg.execution.num_workers or default_num_workers(
             cfg.execution.cpus_per_worker, cfg.execution.gpus_per_worker
         )

@@ -1,6 +1,7 @@
 """The ``fedray`` command line.
 
     fedray run CONFIG [--set key=value ...] [--out DIR] [--name NAME] [--address HOST:PORT]
+    fedray study STUDY [--set key=value ...] [--out DIR]
     fedray validate CONFIG [--set key=value ...]
 
 User errors (bad config, file or argument) print one line and exit with code 2.
@@ -46,6 +47,22 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
+    study = sub.add_parser(
+        "study", help="run a study's variants and compare them in one table and plot"
+    )
+    study.add_argument("study", help="study YAML file (see configs/studies/)")
+    study.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of every variant, e.g. --set rounds=10 (repeatable)",
+    )
+    study.add_argument("--out", help="results root (default: the base config's output.root)")
+    study.add_argument("--quiet", action="store_true", help="no progress display")
+    study.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
     validate = sub.add_parser("validate", help="check a config and print it resolved")
     add_config_args(validate)
     return parser
@@ -69,6 +86,18 @@ def _cli_overrides(args) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
+        if args.command == "study":
+            from fedray.study import run_study
+
+            out = run_study(
+                args.study,
+                root=args.out,
+                extra=args.overrides,
+                progress=not args.quiet,
+                verbose=args.verbose,
+            )
+            print(f"fedray: study done -> {out} (study.parquet, *.png)")
+            return 0
         from fedray.config import dump_config, load_config
 
         cfg = load_config(args.config, overrides=_cli_overrides(args))

@@ -1,0 +1,163 @@
+"""Studies: one base config run under a few named variants, compared in one table and plot.
+
+A study file names a base config and the overrides of each variant::
+
+    name: codecs_synthetic
+    base: ../comm_synthetic.yaml          # relative to the study file
+    variants:
+      none: {compression.uplink: none}
+      topk: {compression.uplink: {name: topk, fraction: 0.05, error_feedback: true}}
+    plots:                                # optional; y against each x
+      y: eval_accuracy
+      x: [cum_bytes_up, sim_time_s]
+
+``fedray study FILE`` runs the variants one after another on one Ray instance, each into its
+normal run directory ``<root>/<name>/<variant>/``, then writes ``study.parquet`` (every variant's
+rounds with a ``variant`` column) and one PNG per x axis next to them. A variant that already
+finished with the same resolved config is not rerun, so an interrupted study picks up where it
+stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedray.config import load_config
+from fedray.errors import ConfigError, UserError
+
+_X_LABELS = {
+    "cum_bytes_up": ("cumulative uploaded MB", 1e-6),
+    "cum_bytes_down": ("cumulative downloaded MB", 1e-6),
+    "sim_time_s": ("simulated time (s)", 1.0),
+    "wall_time_s": ("wall time (s)", 1.0),
+    "round": ("round", 1.0),
+}
+
+
+class PlotSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    y: str = "eval_accuracy"
+    x: list[str] = ["cum_bytes_up", "sim_time_s"]
+
+
+class StudySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    base: Path
+    variants: dict[str, dict[str, Any]] = Field(min_length=1)
+    plots: PlotSpec = PlotSpec()
+
+
+def load_study(path: str | Path) -> StudySpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {str(path)!r} not found")
+    try:
+        spec = StudySpec.model_validate(yaml.safe_load(path.read_text()) or {})
+    except (yaml.YAMLError, ValidationError) as err:
+        first = err.errors()[0] if isinstance(err, ValidationError) else None
+        where = (
+            ".".join(map(str, first["loc"])) + ": " + first["msg"] if first else "not valid YAML"
+        )
+        raise ConfigError(f"study file {str(path)!r}: {where}") from None
+    if not spec.base.is_absolute():
+        spec.base = path.parent / spec.base
+    for x in spec.plots.x:
+        if x not in _X_LABELS:
+            raise ConfigError(f"study plots.x {x!r} is not one of {', '.join(_X_LABELS)}")
+    return spec
+
+
+def _overrides(variant: dict[str, Any]) -> list[str]:
+    return [
+        f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for key, value in variant.items()
+    ]
+
+
+def run_study(
+    path: str | Path,
+    *,
+    root: str | Path | None = None,
+    extra: list[str] | None = None,
+    progress: bool = True,
+    verbose: bool = False,
+) -> Path:
+    """Run every variant (skipping finished ones); returns the study directory."""
+    import pandas as pd
+
+    spec = load_study(path)
+    configs = {}
+    for variant, overrides in spec.variants.items():
+        if "/" in variant or variant.startswith("."):
+            raise ConfigError(f"study variant name {variant!r} must be a plain folder name")
+        cfg = load_config(spec.base, _overrides(overrides) + list(extra or []))
+        study_root = Path(root) if root is not None else cfg.output.root
+        cfg.output.root = study_root / spec.name
+        cfg.output.name = variant
+        configs[variant] = cfg  # validate every variant before running any
+
+    import ray
+
+    from fedray.api import start_ray
+
+    owns_ray = start_ray(next(iter(configs.values())), verbose)  # one Ray for every variant
+    try:
+        frames = [_run_variant(variant, cfg, progress, verbose) for variant, cfg in configs.items()]
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    study_dir = next(iter(configs.values())).output.root
+    table = pd.concat(frames, ignore_index=True)
+    table.to_parquet(study_dir / "study.parquet", index=False)
+    _plot(table, spec.plots, study_dir)
+    return study_dir
+
+
+def _run_variant(variant: str, cfg, progress: bool, verbose: bool):
+    from fedray.api import run
+    from fedray.config import dump_config
+    from fedray.results.result import Result
+
+    run_dir = cfg.output.root / variant
+    finished = (run_dir / "summary.json").is_file() and (
+        Result(run_dir).summary.get("status") == "completed"
+    )
+    # Reuse a finished variant only if it ran this very config (overwrite flag aside).
+    same = finished and (run_dir / "config.yaml").read_text() == dump_config(
+        cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": False})})
+    )
+    if not same:
+        cfg.output.overwrite = run_dir.exists()  # a failed or interrupted attempt
+        run(cfg, progress=progress, verbose=verbose)
+    return Result.from_path(run_dir).rounds.assign(variant=variant)
+
+
+def _plot(table, plots: PlotSpec, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    if plots.y not in table.columns:
+        raise UserError(f"study plots.y {plots.y!r} is not a rounds.parquet column")
+    for x in plots.x:
+        label, scale = _X_LABELS[x]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        colors = plt.cm.tab20.colors  # 20 distinct colours: a study rarely has more variants
+        for i, (variant, rows) in enumerate(table.groupby("variant", sort=False)):
+            rows = rows.dropna(subset=[plots.y])
+            ax.plot(rows[x] * scale, rows[plots.y], label=variant, color=colors[i % len(colors)])
+        if x.startswith("cum_bytes"):
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(plots.y)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{plots.y}_vs_{x}.png", dpi=120)
+        plt.close(fig)

@@ -168,18 +168,63 @@ class WorkloadConfig(_Model):
     eval_clients: int = Field(default=100, ge=1)
 
 
+_STRATEGY_OPTIONS = {
+    "fedavg": set(),
+    "fedprox": {"mu"},
+    "fedavgm": {"momentum"},
+    "fedadagrad": {"beta1", "tau", "initial_accumulator", "bias_correction"},
+    "fedadam": {"beta1", "beta2", "tau", "initial_accumulator", "bias_correction"},
+    "fedyogi": {"beta1", "beta2", "tau", "initial_accumulator", "bias_correction"},
+    "robust": {"rule", "beta", "f", "m"},
+}
+_FEDOPT = ("fedadagrad", "fedadam", "fedyogi")
+
+
 class StrategyConfig(_Model):
-    name: Literal["fedavg", "fedprox"] = "fedavg"
-    server_lr: float = Field(default=1.0, gt=0)
-    mu: float = Field(default=0.0, ge=0, description="FedProx proximal coefficient")
+    """The server strategy and its options; an option the named strategy does not use is an
+    error. ``server_lr`` defaults to 1.0, and to 0.01 for the adaptive FedOpt family, whose early
+    steps move every coordinate by about η."""
+
+    name: Literal["fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "robust"] = (
+        "fedavg"
+    )
+    server_lr: float | None = Field(default=None, gt=0)
+    mu: float | None = Field(default=None, ge=0, description="FedProx proximal coefficient")
+    momentum: float | None = Field(default=None, ge=0, lt=1)
+    beta1: float | None = Field(default=None, ge=0, lt=1)
+    beta2: float | None = Field(default=None, ge=0, lt=1)
+    tau: float | None = Field(default=None, gt=0)
+    initial_accumulator: float | None = Field(default=None, ge=0)
+    bias_correction: bool | None = None
+    rule: Literal["median", "trimmed_mean", "krum", "multi_krum"] | None = None
+    beta: float | None = Field(default=None, ge=0, lt=0.5)
+    f: int | None = Field(default=None, ge=0)
+    m: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
-    def _mu_only_for_fedprox(self):
-        if self.name == "fedavg" and self.mu != 0:
+    def _options_belong_to_the_strategy(self):
+        given = {k for k in _ALL_STRATEGY_OPTIONS if getattr(self, k) is not None}
+        extra = sorted(given - _STRATEGY_OPTIONS[self.name])
+        if extra:
+            owners = sorted(n for n, opts in _STRATEGY_OPTIONS.items() if extra[0] in opts)
             raise ValueError(
-                "strategy.mu is the FedProx proximal term; set strategy.name=fedprox or mu=0"
+                f"strategy.{extra[0]} is not an option of {self.name}; it belongs to "
+                f"{' / '.join(owners)} (set strategy.name) or remove it"
             )
+        if self.name == "fedprox" and self.mu is None:
+            raise ValueError(
+                "strategy fedprox needs strategy.mu, the proximal coefficient (e.g. 0.01)"
+            )
+        if self.name == "robust" and self.rule is None:
+            raise ValueError(
+                "strategy robust needs strategy.rule: median, trimmed_mean, krum or multi_krum"
+            )
+        if self.server_lr is None:
+            self.server_lr = 0.01 if self.name in _FEDOPT else 1.0
         return self
+
+
+_ALL_STRATEGY_OPTIONS = set().union(*_STRATEGY_OPTIONS.values())
 
 
 class ClientTrainingConfig(_Model):
@@ -281,6 +326,13 @@ class Config(_Model):
                 f"clients_per_round={self.clients_per_round} exceeds "
                 f"clients.num_clients={self.clients.num_clients}; lower it or add clients"
             )
+        s = self.strategy
+        if s.name == "robust" and s.rule in ("krum", "multi_krum") and s.f is not None:
+            if self.clients_per_round <= 2 * s.f + 2:
+                raise ValueError(
+                    f"strategy.rule={s.rule} with f={s.f} needs clients_per_round > 2f + 2 = "
+                    f"{2 * s.f + 2}; raise clients_per_round or lower strategy.f"
+                )
         if self.workload.eval_clients > self.clients.num_clients:
             self.workload.eval_clients = self.clients.num_clients
         return self

@@ -67,7 +67,7 @@ def test_number_in_profile_means_constant():
         (
             "strategy:\n  name: fedsgd\n",
             [],
-            "strategy.name = 'fedsgd': Input should be 'fedavg' or 'fedprox'",
+            "strategy.name = 'fedsgd': Input should be 'fedavg', 'fedprox', 'fedavgm'",
         ),
         (
             "clients_per_round: 50\nclients:\n  num_clients: 10\n",
@@ -80,7 +80,11 @@ def test_number_in_profile_means_constant():
         ("rounds: 3\n", ["rounds.x=1"], "rounds is a value, not a section"),
         ("rounds: [1, 2\n", [], "is not valid YAML at line"),
         ("- 1\n- 2\n", [], "must be a mapping of keys"),
-        ("strategy:\n  mu: 0.1\n", [], "set strategy.name=fedprox or mu=0"),
+        (
+            "strategy:\n  mu: 0.1\n",
+            [],
+            "strategy.mu is not an option of fedavg; it belongs to fedprox",
+        ),
     ],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, yaml_text, overrides, expected):

@@ -76,6 +76,7 @@ class WorkerPool:
         costs: Sequence[float],
         mu: float,
         residuals: Sequence[dict | None] | None = None,
+        presum: bool = True,
     ) -> list[GroupResult]:
         """Train every group against the model behind ``params_ref``; results in group order."""
         pending = [int(i) for i in np.argsort(-np.asarray(costs, dtype=np.float64), kind="stable")]
@@ -88,7 +89,7 @@ class WorkerPool:
             group = pending.pop(0)
             state = residuals[group] if residuals is not None else None
             ref = self.actors[slot].run_group.remote(
-                params_ref, group, round_, groups[group], mu, state
+                params_ref, group, round_, groups[group], mu, state, presum
             )
             in_flight[ref] = (group, slot)
             load[slot] += 1

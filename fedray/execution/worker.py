@@ -33,6 +33,7 @@ class GroupResult:
     steps: np.ndarray
     bytes_up: np.ndarray  # real payload length per client
     residuals: dict[int, np.ndarray]  # new error-feedback residuals (empty without feedback)
+    updates: np.ndarray | None = None  # [clients, d] decoded updates, when not pre-summed
 
 
 class ClientWorker:
@@ -85,9 +86,11 @@ class ClientWorker:
         tasks: list[Task],
         mu: float,
         residuals: dict[int, np.ndarray] | None = None,
+        presum: bool = True,
     ) -> GroupResult:
         """Train ``tasks`` from ``global_params``; ``residuals`` holds the error-feedback state of
-        those clients that have one (the driver's client-state store owns it between rounds)."""
+        those clients that have one (the driver's client-state store owns it between rounds).
+        With ``presum=False`` (robust aggregators) each client's decoded update is returned."""
         import torch
 
         from fedray import seeding
@@ -101,6 +104,7 @@ class ClientWorker:
         ids, samples = np.empty(n, np.int64), np.empty(n, np.int64)
         losses, steps = np.empty(n, np.float64), np.empty(n, np.int64)
         sizes = np.empty(n, np.int64)
+        rows = None if presum else np.empty((n, base.size), dtype=np.float32)
         new_residuals: dict[int, np.ndarray] = {}
         residuals = residuals or {}
         weight_sum = 0.0
@@ -125,7 +129,11 @@ class ClientWorker:
             if residual is not None:
                 new_residuals[task.client_id] = residual
             weight = len(data.x_train)
-            update_sum += weight * self.codec.decode(payload, self.segments).astype(np.float64)
+            decoded = self.codec.decode(payload, self.segments)
+            if rows is not None:
+                rows[i] = decoded
+            else:
+                update_sum += weight * decoded.astype(np.float64)
             weight_sum += weight
             ids[i], samples[i], losses[i], steps[i] = (
                 task.client_id,
@@ -135,5 +143,14 @@ class ClientWorker:
             )
             sizes[i] = len(payload)
         return GroupResult(
-            group_index, update_sum, weight_sum, ids, samples, losses, steps, sizes, new_residuals
+            group_index,
+            update_sum,
+            weight_sum,
+            ids,
+            samples,
+            losses,
+            steps,
+            sizes,
+            new_residuals,
+            rows,
         )

@@ -95,6 +95,19 @@ def make_groups(
     return groups, costs
 
 
+def enough_updates(strategy, n: int) -> bool:
+    """Whether a robust rule can aggregate ``n`` updates. When dropouts leave too few for Krum
+    (n > 2f + 2) the round keeps the model rather than failing the run."""
+    rule, f, m = (
+        getattr(strategy, "rule", None),
+        getattr(strategy, "f", None),
+        getattr(strategy, "m", None),
+    )
+    if rule in ("krum", "multi_krum") and n <= 2 * (f or 0) + 2:
+        return False
+    return not (rule == "multi_krum" and m is not None and m > n)
+
+
 class SyncDriver:
     def __init__(
         self,
@@ -187,8 +200,9 @@ class SyncDriver:
                     }
                     for g in groups
                 ]
+            linear = self.strategy.linear
             results = self.pool.run_groups(
-                params_ref, round_, groups, costs, self.strategy.client_mu, residuals
+                params_ref, round_, groups, costs, self.strategy.client_mu, residuals, linear
             )
             del params_ref
             update_sum = np.zeros(state.server.params.shape, dtype=np.float64)
@@ -207,7 +221,14 @@ class SyncDriver:
                 if self.residuals is not None:
                     for cid, residual in sorted(result.residuals.items()):
                         self.residuals.put(cid, residual)
-            state.server = self.strategy.apply(state.server, update_sum, weight_sum)
+            if linear:
+                state.server = self.strategy.apply(state.server, update_sum, weight_sum)
+            else:
+                # Robust rules see every update, stacked in the fixed group/cohort order.
+                updates = np.concatenate([r.updates for r in results])
+                weights = np.concatenate([r.num_samples for r in results]).astype(np.float64)
+                if enough_updates(self.strategy, len(updates)):
+                    state.server = self.strategy.aggregate(state.server, updates, weights)
 
         dispatch = state.sim_time_s
         state.sim_time_s += plan.duration_s

@@ -1,0 +1,187 @@
+"""Byzantine-robust aggregation: coordinate-wise median, trimmed mean, Krum and Multi-Krum.
+
+Each rule maps a stack of individual client updates U (one row Δ_k per client, shape [n, d]) to
+one update, and the server steps x_{t+1} = x_t + η · rule(U). None of them is a sum, so workers
+must return every Δ_k (``linear = False``), and the driver calls :meth:`RobustAggregation.aggregate`
+instead of ``apply``.
+
+Median and trimmed mean. Yin, Chen, Ramchandran, Bartlett. "Byzantine-Robust Distributed Learning:
+Towards Optimal Statistical Rates", ICML 2018. Per coordinate j, med_j = median_k U_kj, and the
+β-trimmed mean drops the ⌊βn⌋ largest and ⌊βn⌋ smallest U_kj and averages the rest, β ∈ [0, ½).
+
+Krum and Multi-Krum. Blanchard, El Mhamdi, Guerraoui, Stainer. "Machine Learning with
+Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017. With at most f Byzantine
+updates and n > 2f + 2,
+
+    score(i) = Σ_{j ∈ N_i} ‖U_i − U_j‖²,   N_i = the n − f − 2 updates nearest to U_i (j ≠ i),
+
+Krum returns the update with the lowest score and Multi-Krum the plain mean of the m updates with
+the lowest scores (ties go to the lower row index).
+
+Client weights n_k steer none of the rules: a Byzantine client can report any n_k, so letting it
+weigh in would undo the robustness. Rows with weight 0 (clients that did no work) are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from fedray.strategies.base import ServerState
+
+RULES = ("median", "trimmed_mean", "krum", "multi_krum")
+
+
+def _as_update_matrix(updates: np.ndarray) -> np.ndarray:
+    u = np.asarray(updates, dtype=np.float64)
+    if u.ndim != 2 or u.shape[0] == 0:
+        raise ValueError(f"updates must be a non-empty [n_clients, d] matrix, got shape {u.shape}")
+    if not np.isfinite(u).all():
+        raise ValueError("updates contain NaN or inf; drop non-finite client updates first")
+    return u
+
+
+def coordinate_median(updates: np.ndarray) -> np.ndarray:
+    """Per-coordinate median of the rows of ``updates`` ([n, d] → [d])."""
+    return np.median(_as_update_matrix(updates), axis=0)
+
+
+def trimmed_mean(updates: np.ndarray, beta: float) -> np.ndarray:
+    """Per-coordinate mean after dropping the ⌊βn⌋ largest and ⌊βn⌋ smallest values."""
+    if not 0 <= beta < 0.5:
+        raise ValueError(
+            f"trimmed mean beta (fraction cut per side) must be in [0, 0.5), got {beta!r}"
+        )
+    u = _as_update_matrix(updates)
+    cut = int(np.floor(beta * u.shape[0]))
+    return np.sort(u, axis=0)[cut : u.shape[0] - cut].mean(axis=0)
+
+
+def _check_krum(n: int, f: int) -> None:
+    if isinstance(f, bool) or not isinstance(f, int | np.integer) or f < 0:
+        raise ValueError(f"Krum f (Byzantine clients tolerated) must be an integer >= 0, got {f!r}")
+    if n <= 2 * f + 2:
+        raise ValueError(
+            f"Krum with f={f} needs more than 2f + 2 = {2 * f + 2} updates, got {n}; "
+            f"lower f or aggregate more clients"
+        )
+
+
+def krum_scores(updates: np.ndarray, f: int) -> np.ndarray:
+    """score(i): the summed squared distances from row i to its n − f − 2 nearest other rows."""
+    u = _as_update_matrix(updates)
+    n = u.shape[0]
+    _check_krum(n, f)
+    # Differences rather than the Gram-matrix identity: no cancellation error between close
+    # updates, and memory stays O(n · d).
+    dist = np.full((n, n), np.inf)  # the diagonal stays inf, so a row never counts itself
+    for i in range(n - 1):
+        diff = u[i + 1 :] - u[i]
+        dist[i, i + 1 :] = dist[i + 1 :, i] = np.einsum("kd,kd->k", diff, diff)
+    return np.sort(dist, axis=1)[:, : n - f - 2].sum(axis=1)
+
+
+def krum(updates: np.ndarray, f: int) -> np.ndarray:
+    """The row of ``updates`` with the lowest Krum score."""
+    u = _as_update_matrix(updates)
+    return u[int(np.argmin(krum_scores(u, f)))].copy()
+
+
+def multi_krum(updates: np.ndarray, f: int, m: int | None = None) -> np.ndarray:
+    """Mean of the m rows with the lowest Krum scores; m = None means n − f."""
+    u = _as_update_matrix(updates)
+    n = u.shape[0]
+    scores = krum_scores(u, f)
+    m = n - f if m is None else m
+    if isinstance(m, bool) or not isinstance(m, int | np.integer) or not 1 <= m <= n:
+        raise ValueError(
+            f"Multi-Krum m (updates averaged) must be an integer in [1, n={n}], got {m!r}"
+        )
+    chosen = np.sort(np.argsort(scores, kind="stable")[:m])  # fixed summation order
+    return u[chosen].mean(axis=0)
+
+
+@dataclass(frozen=True)
+class RobustAggregation:
+    """x + η · rule(U) over individual client updates; see the module docstring for the rules."""
+
+    rule: Literal["median", "trimmed_mean", "krum", "multi_krum"]
+    server_lr: float = 1.0  # η
+    beta: float | None = None  # trimmed_mean: fraction cut per side, in [0, 0.5)
+    f: int | None = None  # krum, multi_krum: Byzantine clients tolerated
+    m: int | None = None  # multi_krum: updates averaged; None means n − f
+
+    client_mu: ClassVar[float] = 0.0  # no proximal term on clients
+    linear: ClassVar[bool] = False  # workers must return every update, not a pre-sum
+
+    def __post_init__(self):
+        if self.rule not in RULES:
+            raise ValueError(f"robust rule must be one of {RULES}, got {self.rule!r}")
+        if not self.server_lr > 0:
+            raise ValueError(f"robust server_lr must be > 0, got {self.server_lr!r}")
+        takes = {
+            "beta": self.rule == "trimmed_mean",
+            "f": self.rule in ("krum", "multi_krum"),
+            "m": self.rule == "multi_krum",
+        }
+        for key, used in takes.items():
+            if not used and getattr(self, key) is not None:
+                raise ValueError(f"option {key} is not used by rule={self.rule!r}; leave it out")
+        if self.rule == "trimmed_mean" and self.beta is None:
+            raise ValueError("rule='trimmed_mean' needs beta, the fraction cut per side (e.g. 0.1)")
+        if takes["f"] and self.f is None:
+            raise ValueError(
+                f"rule={self.rule!r} needs f, the number of Byzantine clients tolerated"
+            )
+        if self.beta is not None and not 0 <= self.beta < 0.5:
+            raise ValueError(f"beta must be in [0, 0.5), got {self.beta!r}")
+        if self.f is not None and (
+            isinstance(self.f, bool) or not isinstance(self.f, int) or self.f < 0
+        ):
+            raise ValueError(f"f must be an integer >= 0, got {self.f!r}")
+        if self.m is not None and (
+            isinstance(self.m, bool) or not isinstance(self.m, int) or self.m < 1
+        ):
+            raise ValueError(f"m must be an integer >= 1, got {self.m!r}")
+
+    def combine(self, updates: np.ndarray) -> np.ndarray:
+        """rule(U) for a stack of individual updates ([n, d] → [d], float64)."""
+        if self.rule == "median":
+            return coordinate_median(updates)
+        if self.rule == "trimmed_mean":
+            return trimmed_mean(updates, self.beta)
+        if self.rule == "krum":
+            return krum(updates, self.f)
+        return multi_krum(updates, self.f, self.m)
+
+    def init(self, params: np.ndarray) -> ServerState:
+        return ServerState(params=np.asarray(params, dtype=np.float32).copy(), version=0)
+
+    def apply(self, state: ServerState, update_sum: np.ndarray, weight_sum: float) -> ServerState:
+        raise TypeError(
+            f"rule={self.rule!r} is not a sum: give the individual updates to aggregate(state, "
+            "updates, weights) and do not pre-sum on workers (linear is False)"
+        )
+
+    def aggregate(
+        self, state: ServerState, updates: np.ndarray, weights: np.ndarray
+    ) -> ServerState:
+        """x + η · rule(rows of ``updates`` whose weight is > 0); unchanged if there are none."""
+        updates = np.asarray(updates)
+        weights = np.asarray(weights, dtype=np.float64)
+        if updates.ndim != 2 or weights.shape != (updates.shape[0],):
+            raise ValueError(
+                f"need updates [n, d] and weights [n], got shapes {updates.shape} and {weights.shape}"
+            )
+        if updates.shape[1] != state.params.size:
+            raise ValueError(
+                f"updates have {updates.shape[1]} columns, the model has {state.params.size}"
+            )
+        reported = weights > 0
+        if not reported.any():
+            return state  # nobody reported: the model stays, the version does not advance
+        step = self.combine(updates[reported])
+        params = (state.params.astype(np.float64) + self.server_lr * step).astype(np.float32)
+        return ServerState(params=params, version=state.version + 1)

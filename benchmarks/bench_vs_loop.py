@@ -74,6 +74,39 @@ def wait_until_idle(max_wait: float, threshold: float = 0.25) -> float:
     return busy
 
 
+# --------------------------------------------------------------------------- code under test
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def source_fingerprint() -> str:
+    """A hash of fedray's sources (fedray/, workloads/), to catch code changing mid-benchmark."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for folder in ("fedray", "workloads"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def git_revision() -> str | None:
+    """HEAD's short hash, with "-dirty" when fedray/ or workloads/ have uncommitted changes."""
+
+    def git(*cmd: str) -> str:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), *cmd], capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "fedray", "workloads")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("-dirty" if dirty else "")) or None
+
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -132,37 +165,38 @@ def eval_client_ids(cfg):
 # Each runs in its own child process: `bench_vs_loop.py --side fedray|loop CONFIG_JSON OUT_JSON`.
 
 
-def _start_sampler(interval: float, ray_session: bool):
-    if interval <= 0:
-        return None
+def side_fedray(cfg, sample_interval: float) -> dict:
+    """One ``fedray.run``. With ``sample_interval > 0`` it is a memory run (PSS sampled every
+    ``sample_interval`` s); otherwise a timing run, watched only by the cheap CPU accounting
+    (one /proc walk per second) that tells how much *other* load the machine had."""
     from pss_tree import TreeSampler  # benchmarks/pss_tree.py, next to this script
 
-    sampler = TreeSampler(os.getpid(), interval)
-    if ray_session:
-        sampler.watch_ray()
-    return sampler
-
-
-def _stop_sampler(sampler) -> dict:
-    if sampler is None:
-        return {"peak_mb": float("nan"), "breakdown": []}
-    return sampler.stop()
-
-
-def side_fedray(cfg, sample_interval: float) -> dict:
     import fedray
 
-    sampler = _start_sampler(sample_interval, ray_session=True)
+    memory_run = sample_interval > 0
+    sampler = TreeSampler(os.getpid(), sample_interval if memory_run else 1.0, pss=memory_run)
+    sampler.watch_ray()
+    # The heavy imports fedray.run would do lazily, timed apart (the loop's are not timed either).
+    t0 = time.perf_counter()
+    import ray  # noqa: F401
+    import torch  # noqa: F401
+
+    from fedray.api import run  # noqa: F401
+
+    imports_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = fedray.run(cfg, progress=False)
     total = time.perf_counter() - t0
-    memory = _stop_sampler(sampler)
+    memory = sampler.stop()
+    if not memory_run:
+        memory.update(peak_mb=float("nan"), breakdown=[])
     summary = result.summary
     events = result.clients
     out = {
         "rounds_s": float(summary["wall_time_s"]),
         "startup_s": float(summary["startup_s"]),
         "total_s": total,
+        "imports_s": imports_s,
         "num_workers": int(summary["num_workers"]),
         "final_eval_accuracy": float(summary["final"]["eval_accuracy"]),
         "final_eval_loss": float(summary["final"]["eval_loss"]),
@@ -181,7 +215,7 @@ def side_fedray(cfg, sample_interval: float) -> dict:
     return out
 
 
-def side_loop(cfg, sample_interval: float, threads: int | None) -> dict:
+def side_loop(cfg, threads: int | None) -> dict:
     """The plain single-process FedAvg loop over fedray's cohorts."""
     import torch
     import torch.nn.functional as F
@@ -191,7 +225,6 @@ def side_loop(cfg, sample_interval: float, threads: int | None) -> dict:
 
     if threads:
         torch.set_num_threads(threads)
-    sampler = _start_sampler(sample_interval, ray_session=False)
     seed, lr, bs, epochs = cfg.seed, cfg.client.lr, cfg.client.batch_size, cfg.client.local_epochs
     cohorts = cohorts_of(cfg)
 
@@ -253,7 +286,6 @@ def side_loop(cfg, sample_interval: float, threads: int | None) -> dict:
 
     own_ticks = (time.process_time() - cpu0) * os.sysconf("SC_CLK_TCK")
     other = (_machine_ticks()[0] - busy0 - own_ticks) / os.sysconf("SC_CLK_TCK") / rounds_s
-    memory = _stop_sampler(sampler)
     model.load_state_dict(global_state)
     loss, acc = evaluate(model)
     return {
@@ -264,10 +296,17 @@ def side_loop(cfg, sample_interval: float, threads: int | None) -> dict:
         "final_eval_accuracy": acc,
         "final_eval_loss": loss,
         "eval_accuracy_by_round": acc_by_round,
-        "peak_pss_mb": memory["peak_mb"],
-        # The sampler process runs alongside and counts as "other" here (a few % of one CPU).
+        # One process: its peak RSS (VmHWM, free to read) stands in for a sampled PSS.
+        "peak_rss_mb": _peak_rss_mb(),
         "other_load_cpus": round(max(0.0, other), 2),
     }
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def side_main(side: str, cfg_path: str, out_path: str, sample_interval: float, threads) -> None:
@@ -277,15 +316,15 @@ def side_main(side: str, cfg_path: str, out_path: str, sample_interval: float, t
     if side == "fedray":
         out = side_fedray(cfg, sample_interval)
     else:
-        out = side_loop(cfg, sample_interval, threads)
+        out = side_loop(cfg, threads)
     Path(out_path).write_text(json.dumps(out))
 
 
-def run_side(side: str, cfg: dict, args, workdir: str) -> dict:
+def run_side(side: str, cfg: dict, args, workdir: str, sample_interval: float = 0.0) -> dict:
     cfg_path, out_path = Path(workdir, "config.json"), Path(workdir, f"{side}.json")
     cfg_path.write_text(json.dumps(cfg))
     cmd = [sys.executable, os.path.abspath(__file__), "--side", side, str(cfg_path), str(out_path)]
-    cmd += ["--sample-interval", str(args.sample_interval)]
+    cmd += ["--sample-interval", str(sample_interval)]
     if args.loop_threads:
         cmd += ["--loop-threads", str(args.loop_threads)]
     subprocess.run(cmd, check=True)
@@ -324,6 +363,7 @@ def bench_one(args, clients_per_round: int) -> dict:
         workload = make_workload(cfg.workload, cfg.seed)
         sizes = np.concatenate([workload.num_train_samples(c) for c in cohorts])
         fed_runs, loop_runs, idle = [], [], []
+        code_before = source_fingerprint()
         for rep in range(args.repeats):
             idle.append(wait_until_idle(args.wait_idle))
             print(f"  [{rep + 1}/{args.repeats}] fedray.run ...", flush=True)
@@ -333,14 +373,29 @@ def bench_one(args, clients_per_round: int) -> dict:
             idle.append(wait_until_idle(args.wait_idle))
             print(f"  [{rep + 1}/{args.repeats}] plain torch loop ...", flush=True)
             loop_runs.append(run_side("loop", cfg_dict, args, workdir))
+        mem = None
+        if args.sample_interval > 0:
+            # Memory in a run of its own: reading smaps_rollup of a dozen processes every 0.2 s
+            # costs ~20 ms of CPU each time, which would slow the timed runs by several percent.
+            idle.append(wait_until_idle(args.wait_idle))
+            print("  fedray.run with PSS sampling (memory run) ...", flush=True)
+            try:
+                mem = run_side("fedray", cfg_dict, args, workdir, args.sample_interval)
+                check_schedule(cohorts, mem.pop("events"))
+            except subprocess.CalledProcessError as err:  # keep the timings we already have
+                print(f"  memory run failed ({err}); no PSS for this setup", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    code_after = source_fingerprint()
 
-    # Best of the repeats for times (least disturbed by other load), worst for memory.
+    # Best of the repeats for times (least disturbed by other load); memory from its own run.
     fed = min(fed_runs, key=lambda r: r["rounds_s"])
     loop = min(loop_runs, key=lambda r: r["rounds_s"])
     return {
         "label": label,
+        "fedray_revision": git_revision(),
+        "fedray_sources": code_before,
+        "sources_changed_during_run": code_before != code_after,
         "setup": {
             "clients_per_round": clients_per_round,
             "num_clients": num_clients,
@@ -358,16 +413,17 @@ def bench_one(args, clients_per_round: int) -> dict:
         "ratio_rounds": fed["rounds_s"] / loop["rounds_s"],
         "ratio_total": fed["total_s"] / loop["rounds_s"],
         "fedray_startup_s": min(r["startup_s"] for r in fed_runs),
-        "peak_pss_mb": max(r["peak_pss_mb"] for r in fed_runs),
+        "peak_pss_mb": mem["peak_pss_mb"] if mem else float("nan"),
+        "peak_pss_breakdown": mem["peak_pss_breakdown"] if mem else [],
         "accuracy_gap": abs(fed["final_eval_accuracy"] - loop["final_eval_accuracy"]),
-        "other_load_cpus": max(fed["other_load_cpus"] or 0.0, loop["other_load_cpus"]),
-        "fedray": fed,
+        "other_load_cpus": max(fed["other_load_cpus"], loop["other_load_cpus"]),
+        "fedray": {k: v for k, v in fed.items() if k not in ("peak_pss_mb", "peak_pss_breakdown")},
         "loop": loop,
+        "memory_run": mem and {k: v for k, v in mem.items() if k != "peak_pss_breakdown"},
         "all_repeats": {
             "fedray_rounds_s": [r["rounds_s"] for r in fed_runs],
             "fedray_startup_s": [r["startup_s"] for r in fed_runs],
             "fedray_total_s": [r["total_s"] for r in fed_runs],
-            "fedray_peak_pss_mb": [r["peak_pss_mb"] for r in fed_runs],
             "fedray_other_load_cpus": [r["other_load_cpus"] for r in fed_runs],
             "loop_rounds_s": [r["rounds_s"] for r in loop_runs],
             "loop_other_load_cpus": [r["other_load_cpus"] for r in loop_runs],
@@ -387,17 +443,34 @@ def report(res: dict) -> None:
     rows = [
         ("rounds wall time (s)", f"{fed['rounds_s']:.2f}", f"{loop['rounds_s']:.2f}"),
         ("per round (ms)", *per_round),
-        ("fixed start-up (s)", f"{fed['startup_s']:.2f}", f"{loop['data_s']:.2f} (data gen)"),
+        (
+            "fixed start-up (s)",
+            f"{res['fedray_startup_s']:.2f}",
+            f"{loop['data_s']:.2f} (data gen)",
+        ),
         ("whole run (s)", f"{fed['total_s']:.2f}", f"{loop['rounds_s'] + loop['data_s']:.2f}"),
+        (
+            "  after the rounds (s)",
+            f"{fed['total_s'] - fed['startup_s'] - fed['rounds_s']:.2f}",
+            "",
+        ),
+        ("imports, untimed (s)", f"{fed['imports_s']:.2f}", ""),
         ("final eval accuracy", *(f"{r['final_eval_accuracy']:.4f}" for r in (fed, loop))),
         ("final eval loss", *(f"{r['final_eval_loss']:.4f}" for r in (fed, loop))),
-        ("peak PSS (MB)", f"{fed['peak_pss_mb']:.0f} (tree)", f"{loop['peak_pss_mb']:.0f}"),
+        (
+            "peak memory (MB)",
+            f"{res['peak_pss_mb']:.0f} (PSS, tree)",
+            f"{loop['peak_rss_mb']:.0f} (RSS)",
+        ),
     ]
     print(f"  {'':<22} {'fedray':>16} {'torch loop':>18}")
     for name, a, b in rows:
         print(f"  {name:<22} {a:>16} {b:>18}")
-    top = ", ".join(f"{p['name']} {p['pss_mb']:.0f}" for p in fed["peak_pss_breakdown"][:7])
-    print(f"  PSS at peak by process (MB): {top}")
+    if res["peak_pss_breakdown"]:
+        top = ", ".join(f"{p['name']} {p['pss_mb']:.0f}" for p in res["peak_pss_breakdown"][:7])
+        print(f"  PSS at peak by process (MB): {top}")
+    if res["sources_changed_during_run"]:
+        print("  WARNING: fedray's sources changed during this setup; rerun it")
     if res["other_load_cpus"] > 0.2:
         print(
             f"  WARNING: other processes kept up to {res['other_load_cpus']:.1f} CPUs busy during "
@@ -410,7 +483,8 @@ def report(res: dict) -> None:
     r, st, mem = res["ratio_rounds"], res["fedray_startup_s"], res["peak_pss_mb"]
     print(f"ratio fedray_rounds / loop = {r:.2f}   (target <= 1.0: {verdict(r <= 1.0)})")
     print(f"ratio fedray_total / loop = {res['ratio_total']:.2f}   (whole fedray.run call)")
-    print(f"fedray startup_s = {st:.1f}   (target <= 4 s: {verdict(st <= 4.0)})")
+    every = ", ".join(f"{v:.1f}" for v in res["all_repeats"]["fedray_startup_s"])
+    print(f"fedray startup_s = {st:.1f}   (target <= 4 s: {verdict(st <= 4.0)}; runs: {every})")
     print(f"peak PSS (process tree) = {mem:.0f} MB   (target <= 1200 MB: {verdict(mem <= 1200)})")
     acc_f, acc_l = fed["final_eval_accuracy"], loop["final_eval_accuracy"]
     print(f"final eval accuracy: fedray = {acc_f:.4f}, loop = {acc_l:.4f}")
@@ -444,7 +518,7 @@ def save(results: list[dict], path: Path) -> None:
         "runs": dict(sorted(runs.items())),
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nresults written to {path}")
+    print(f"results written to {path}")
 
 
 def parse_args(argv=None):
@@ -497,7 +571,7 @@ def main(argv=None) -> int:
         res = bench_one(args, k)
         report(res)
         results.append(res)
-    save(results, args.json)
+        save(results, args.json)  # after every setup, so a later failure loses nothing
     return 0
 
 

@@ -5,7 +5,7 @@ never competes for the benchmark's GIL. Reading ``smaps_rollup`` makes the kerne
 page tables (a few ms for a 300 MB torch process), so doing it every 0.2 s for a dozen processes
 inside the benchmark would steal noticeable CPU and GIL time from the fedray driver it measures.
 
-    sampler = TreeSampler(os.getpid(), interval=0.2)   # starts `python pss_tree.py <pid> 0.2`
+    sampler = TreeSampler(os.getpid(), interval=0.2)   # starts `python pss_tree.py <pid> 0.2 pss`
     sampler.set_session("session_2026-...")            # optional: also count that Ray session
     ...
     stats = sampler.stop()   # {"peak_mb": ..., "breakdown": [...], "samples": ..., ...}
@@ -101,8 +101,10 @@ class _Tree:
         return members, table
 
 
-def _sampler_main(root: int, interval: float) -> None:
-    """The side process: sample until 'stop' on stdin, then print the stats as JSON."""
+def _sampler_main(root: int, interval: float, pss: bool = True) -> None:
+    """The side process: sample until 'stop' on stdin, then print the stats as JSON.
+
+    With ``pss=False`` only the CPU accounting runs (cheap: no ``smaps_rollup`` reads)."""
     os.nice(5)  # yield to the measured processes when they saturate the CPUs
     tree = _Tree(root, exclude=os.getpid())
     stop = threading.Event()
@@ -131,14 +133,14 @@ def _sampler_main(root: int, interval: float) -> None:
             ticks = table[pid][1]
             first_ticks.setdefault(pid, ticks if samples == 0 else 0)
             last_ticks[pid] = ticks
-            kb = pss_kb(pid)
+            kb = pss_kb(pid) if pss else None
             if kb:
                 per_process.append((pid, kb))
         total = sum(kb for _, kb in per_process)
         if total > peak:
             peak = total
             breakdown = [(pid, process_name(pid), kb) for pid, kb in per_process]
-        most = max(most, len(per_process))
+        most = max(most, len(members))
         samples += 1
         cost += time.process_time() - t0
         if stop.is_set():  # one last sample after 'stop', then report
@@ -150,31 +152,40 @@ def _sampler_main(root: int, interval: float) -> None:
     tree_ticks = sum(last_ticks[p] - first_ticks[p] for p in last_ticks)
     other = machine_busy_ticks() - busy0 - tree_ticks - own
     breakdown.sort(key=lambda p: -p[2])
-    json.dump(
-        {
-            "peak_mb": round(peak / 1024, 1),
-            "breakdown": [
-                {"pid": p, "name": n, "pss_mb": round(kb / 1024, 1)} for p, n, kb in breakdown
-            ],
-            "samples": samples,
-            "mean_interval_s": round(elapsed / max(samples - 1, 1), 3),
-            "sampling_cpu_s": round(cost, 3),
-            "max_processes": most,
-            "tree_cpus": round(tree_ticks / hz / elapsed, 2),
-            # Upper bound: CPU of members that exited between samples is counted as other load.
-            "other_load_cpus": round(max(0.0, other / hz / elapsed), 2),
-            "session_matched": sorted(tree._matched),
-        },
-        sys.stdout,
-    )
+    stats = {
+        "peak_mb": round(peak / 1024, 1),
+        "breakdown": [
+            {"pid": p, "name": n, "pss_mb": round(kb / 1024, 1)} for p, n, kb in breakdown
+        ],
+        "samples": samples,
+        "mean_interval_s": round(elapsed / max(samples - 1, 1), 3),
+        "sampling_cpu_s": round(cost, 3),
+        "max_processes": most,
+        "tree_cpus": round(tree_ticks / hz / elapsed, 2),
+        # Upper bound: CPU of members that exited between samples is counted as other load.
+        "other_load_cpus": round(max(0.0, other / hz / elapsed), 2),
+        "session_matched": sorted(tree._matched),
+    }
+    try:
+        json.dump(stats, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the benchmark process died first; nobody to report to
+        pass
 
 
 class TreeSampler:
     """Handle on a sampler side process watching ``root`` (default: this process)."""
 
-    def __init__(self, root: int | None = None, interval: float = 0.2):
+    def __init__(self, root: int | None = None, interval: float = 0.2, pss: bool = True):
+        mode = "pss" if pss else "cpu"
         self._proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), str(root or os.getpid()), str(interval)],
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                str(root or os.getpid()),
+                str(interval),
+                mode,
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -213,4 +224,4 @@ class TreeSampler:
 
 
 if __name__ == "__main__":
-    _sampler_main(int(sys.argv[1]), float(sys.argv[2]))
+    _sampler_main(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:4] != ["cpu"])

@@ -95,9 +95,12 @@ class WorkerPool:
             load[slot] += 1
 
         while pending or in_flight:
-            for slot in range(len(self.actors)):
-                while pending and load[slot] < _IN_FLIGHT_PER_ACTOR:
-                    submit(slot)
+            # Fill queues breadth-first (one call per actor, then a second), so the most
+            # expensive groups spread across actors instead of stacking on the first one.
+            for depth in range(1, _IN_FLIGHT_PER_ACTOR + 1):
+                for slot in range(len(self.actors)):
+                    if pending and load[slot] < depth:
+                        submit(slot)
             done, _ = ray.wait(list(in_flight), num_returns=1)
             group, slot = in_flight.pop(done[0])
             load[slot] -= 1

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import yaml
 
 from fedray.errors import UserError
 from fedray.results.writer import CLIENTS_FILE, CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, TB_DIR
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Result:
@@ -36,11 +39,15 @@ class Result:
     @cached_property
     def rounds(self) -> pd.DataFrame:
         """One row per server update (rounds.parquet)."""
+        import pandas as pd  # imported on first use: a run's driver never needs it
+
         return pd.read_parquet(self.path / ROUNDS_FILE)
 
     @cached_property
     def clients(self) -> pd.DataFrame:
         """One row per client task (client_events.parquet)."""
+        import pandas as pd
+
         return pd.read_parquet(self.path / CLIENTS_FILE)
 
     @cached_property

@@ -50,11 +50,22 @@ def test_topk_with_error_feedback_is_deterministic_across_workers(ray_session, m
     mlp_config.update(rounds=4, clients_per_round=8)
     mlp_config["clients"]["num_clients"] = 12  # clients come back, so residuals are reused
     spec = {"name": "topk", "fraction": 0.02, "error_feedback": True}
+    mlp_config["execution"]["client_state_mb"] = 0  # every residual spills to disk and back
     one = run(
-        {**mlp_config, "execution": {"num_workers": 1, "clients_per_task": 3}}, "ef1", uplink=spec
+        {
+            **mlp_config,
+            "execution": {**mlp_config["execution"], "num_workers": 1, "clients_per_task": 3},
+        },
+        "ef1",
+        uplink=spec,
     )
     two = run(
-        {**mlp_config, "execution": {"num_workers": 2, "clients_per_task": 3}}, "ef2", uplink=spec
+        {
+            **mlp_config,
+            "execution": {**mlp_config["execution"], "num_workers": 2, "clients_per_task": 3},
+        },
+        "ef2",
+        uplink=spec,
     )
     cols = [c for c in one.rounds.columns if c != "wall_time_s"]
     pd.testing.assert_frame_equal(one.rounds[cols], two.rounds[cols], check_exact=True)

@@ -137,6 +137,7 @@ class SyncDriver:
         self.update_bytes = len(
             self.uplink.encode(zeros, self.segments, seeding.generator(0, "size"))
         )
+        self.state_dir = state_dir
         self.residuals = (
             ClientStateStore(cfg.execution.client_state_mb * 2**20, state_dir)
             if self.uplink.uses_error_feedback
@@ -145,7 +146,9 @@ class SyncDriver:
 
     def close(self) -> None:
         if self.residuals is not None:
-            self.residuals.close()
+            self.residuals.close()  # deletes its spill files
+            if self.state_dir is not None and self.state_dir.is_dir():
+                self.state_dir.rmdir()
 
     def broadcast(self, round_: int) -> tuple[np.ndarray, int]:
         """The model clients start from this round (as decoded from the downlink payload) and

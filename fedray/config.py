@@ -328,13 +328,6 @@ class Config(_Model):
                 f"clients_per_round={self.clients_per_round} exceeds "
                 f"clients.num_clients={self.clients.num_clients}; lower it or add clients"
             )
-        s = self.strategy
-        if s.name == "robust" and s.rule in ("krum", "multi_krum") and s.f is not None:
-            if self.clients_per_round <= 2 * s.f + 2:
-                raise ValueError(
-                    f"strategy.rule={s.rule} with f={s.f} needs clients_per_round > 2f + 2 = "
-                    f"{2 * s.f + 2}; raise clients_per_round or lower strategy.f"
-                )
         if self.workload.eval_clients > self.clients.num_clients:
             self.workload.eval_clients = self.clients.num_clients
         return self

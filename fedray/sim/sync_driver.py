@@ -96,14 +96,10 @@ def make_groups(
 
 
 def enough_updates(strategy, n: int) -> bool:
-    """Whether a robust rule can aggregate ``n`` updates. When dropouts leave too few for Krum
-    (n > 2f + 2) the round keeps the model rather than failing the run."""
-    rule, f, m = (
-        getattr(strategy, "rule", None),
-        getattr(strategy, "f", None),
-        getattr(strategy, "m", None),
-    )
-    if rule in ("krum", "multi_krum") and n <= 2 * (f or 0) + 2:
+    """Whether a robust rule can aggregate ``n`` updates. When dropouts leave too few (Krum needs
+    two to compare, Multi-Krum at least m) the round keeps the model rather than failing."""
+    rule, m = getattr(strategy, "rule", None), getattr(strategy, "m", None)
+    if rule in ("krum", "multi_krum") and n < 2:
         return False
     return not (rule == "multi_krum" and m is not None and m > n)
 

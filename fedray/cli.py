@@ -26,16 +26,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def add_config_args(p):
-        p.add_argument("config", help="YAML config file (see configs/)")
+    def add_overrides(p, help_text: str):
         p.add_argument(
             "--set",
             dest="overrides",
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="override a config key, e.g. --set clients.num_clients=1000 (repeatable)",
+            help=help_text,
         )
+
+    def add_config_args(p):
+        p.add_argument("config", help="YAML config file (see configs/)")
+        add_overrides(p, "override a config key, e.g. --set clients.num_clients=1000 (repeatable)")
 
     run = sub.add_parser("run", help="run a simulation and write results/<name>/")
     add_config_args(run)
@@ -51,14 +54,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "study", help="run a study's variants and compare them in one table and plot"
     )
     study.add_argument("study", help="study YAML file (see configs/studies/)")
-    study.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of every variant, e.g. --set rounds=10 (repeatable)",
-    )
+    add_overrides(study, "override a key of every variant, e.g. --set rounds=10 (repeatable)")
     study.add_argument("--out", help="results root (default: the base config's output.root)")
     study.add_argument("--quiet", action="store_true", help="no progress display")
     study.add_argument("--verbose", action="store_true", help="show Ray's own logs")

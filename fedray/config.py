@@ -395,9 +395,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_overrides(data: dict, overrides: list) -> dict:
+    """Apply ``"key=value"`` strings (values parsed as YAML) or ``(dotted_key, value)`` pairs."""
     for text in overrides:
-        path, value = parse_override(text)
+        path, value = (
+            parse_override(text) if isinstance(text, str) else (text[0].split("."), text[1])
+        )
         node = data
         for i, part in enumerate(path[:-1]):
             child = node.get(part)

@@ -72,13 +72,6 @@ def load_study(path: str | Path) -> StudySpec:
     return spec
 
 
-def _overrides(variant: dict[str, Any]) -> list[str]:
-    return [
-        f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-        for key, value in variant.items()
-    ]
-
-
 def run_study(
     path: str | Path,
     *,
@@ -95,7 +88,7 @@ def run_study(
     for variant, overrides in spec.variants.items():
         if "/" in variant or variant.startswith("."):
             raise ConfigError(f"study variant name {variant!r} must be a plain folder name")
-        cfg = load_config(spec.base, _overrides(overrides) + list(extra or []))
+        cfg = load_config(spec.base, list(overrides.items()) + list(extra or []))
         study_root = Path(root) if root is not None else cfg.output.root
         cfg.output.root = study_root / spec.name
         cfg.output.name = variant

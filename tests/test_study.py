@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from fedray.errors import ConfigError
-from fedray.study import load_study, run_study
+from fedray.study import run_study
 
 
 def write_study(tmp_path, variants, **extra):
@@ -64,5 +64,4 @@ def test_study_runs_variants_and_writes_table_and_plots(ray_session, tmp_path):
 def test_bad_study_files(tmp_path, variants, extra, message):
     study = write_study(tmp_path, variants, **extra)
     with pytest.raises(ConfigError, match=message):
-        spec = load_study(study)
-        run_study(study, root=tmp_path / "res", progress=False) if spec else None
+        run_study(study, root=tmp_path / "res", progress=False)  # validates before running

@@ -59,10 +59,12 @@ class ProfileModel:
 
     def lookup(self, client_ids) -> Profiles:
         ids = np.asarray(client_ids, dtype=np.int64)
-        columns = {field: self._field(field, ids) for field in PROFILE_FIELDS}
-        columns["dropout"] = np.clip(columns["dropout"], 0.0, 1.0)
-        columns["availability"] = np.clip(columns["availability"], 0.0, 1.0)
-        return Profiles(client_ids=ids, **columns)
+        return Profiles(client_ids=ids, **{f: self.column(f, ids) for f in PROFILE_FIELDS})
+
+    def column(self, field: str, client_ids) -> np.ndarray:
+        """One profile field for the given clients (probabilities clipped to [0, 1])."""
+        values = self._field(field, np.asarray(client_ids, dtype=np.int64))
+        return np.clip(values, 0.0, 1.0) if field in ("dropout", "availability") else values
 
     def tier_of(self, client_ids) -> np.ndarray:
         """Index of each client's tier (all zeros without tiers)."""

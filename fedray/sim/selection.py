@@ -17,7 +17,7 @@ from fedray.clients.profiles import ProfileModel
 
 def is_available(profiles: ProfileModel, seed: int, client_ids, round_: int) -> np.ndarray:
     ids = np.asarray(client_ids, dtype=np.int64)
-    availability = profiles.lookup(ids).availability
+    availability = profiles.column("availability", ids)
     return seeding.uniform(seed, "availability", ids, round_) < availability
 
 

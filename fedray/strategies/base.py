@@ -18,9 +18,16 @@ class ServerState:
     version: int = 0  # number of server updates applied
 
 
+def mean_update(update_sum: np.ndarray, weight_sum: float) -> np.ndarray:
+    """Δ = (Σ_k n_k Δ_k) / (Σ_k n_k), in float64: the averaged pseudo-gradient every linear
+    strategy starts from."""
+    return np.asarray(update_sum, dtype=np.float64) / float(weight_sum)
+
+
 def weighted_mean_step(
     params: np.ndarray, update_sum: np.ndarray, weight_sum: float, server_lr: float
 ) -> np.ndarray:
     """x + η_s · (Σ_k n_k Δ_k) / (Σ_k n_k), computed in float64 and returned as float32."""
-    mean_update = np.asarray(update_sum, dtype=np.float64) / float(weight_sum)
-    return (params.astype(np.float64) + server_lr * mean_update).astype(np.float32)
+    return (params.astype(np.float64) + server_lr * mean_update(update_sum, weight_sum)).astype(
+        np.float32
+    )

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedray.strategies.base import mean_update
+
 
 @dataclass(frozen=True)
 class MomentumState:
@@ -50,8 +52,7 @@ class FedAvgM:
     ) -> MomentumState:
         if weight_sum <= 0:
             return state  # nobody reported: model and velocity stay, the version does not advance
-        mean_update = np.asarray(update_sum, dtype=np.float64) / float(weight_sum)
-        velocity = self.momentum * state.velocity + mean_update
+        velocity = self.momentum * state.velocity + mean_update(update_sum, weight_sum)
         params = state.params.astype(np.float64) + self.server_lr * velocity
         return MomentumState(
             params=params.astype(np.float32), velocity=velocity, version=state.version + 1

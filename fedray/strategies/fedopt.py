@@ -39,6 +39,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from fedray.strategies.base import mean_update
+
 
 @dataclass(frozen=True)
 class AdaptiveState:
@@ -110,7 +112,7 @@ class FedOpt:
     ) -> AdaptiveState:
         if weight_sum <= 0:
             return state  # nobody reported: model and moments stay, the version does not advance
-        delta = np.asarray(update_sum, dtype=np.float64) / float(weight_sum)
+        delta = mean_update(update_sum, weight_sum)
         m = self.beta1 * state.m + (1.0 - self.beta1) * delta
         v = self.second_moment(state.v, delta * delta, self.beta2)
         m_hat, v_hat = m, v

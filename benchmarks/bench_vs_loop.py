@@ -155,7 +155,7 @@ def eval_client_ids(cfg):
 
     from fedray import seeding
 
-    # The same seeded draw as fedray's driver-side Evaluator (fedray/sim/sync_driver.py).
+    # The same seeded draw as fedray's driver-side Evaluator (fedray/sim/evaluation.py).
     rng = seeding.generator(cfg.seed, "eval")
     n = cfg.clients.num_clients
     return np.sort(rng.choice(n, size=min(cfg.workload.eval_clients, n), replace=False))

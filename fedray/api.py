@@ -96,7 +96,8 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
     from fedray.execution.pool import WorkerPool, default_num_workers
     from fedray.progress import RoundProgress
     from fedray.results.tensorboard import TensorBoardSink
-    from fedray.sim.sync_driver import Evaluator, SyncDriver
+    from fedray.sim.evaluation import Evaluator
+    from fedray.sim.sync_driver import SyncDriver
     from fedray.workloads import make_workload
 
     started_at = dt.datetime.now(dt.UTC)

@@ -1,7 +1,9 @@
 """The fixed schemas of fedray's tables, declared once.
 
-``rounds.parquet`` has one row per server update; ``client_events.parquet`` one row per client
-task. Times are seconds: ``*_time_s`` columns are simulated and cumulative from the run's virtual
+``rounds.parquet`` has one row per server update (a round in sync runs, one model update in async
+runs); ``client_events.parquet`` one row per client task. ``model_version`` on an event is the
+version the client was dispatched with; ``staleness`` is the server's version when the update
+arrived minus that (always 0 in sync runs; -1 where no update arrived: dropped clients). Times are seconds: ``*_time_s`` columns are simulated and cumulative from the run's virtual
 start, except ``wall_time_s`` which is wall-clock seconds since the first round began.
 """
 
@@ -21,6 +23,10 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("num_partial", pa.int64()),
         pa.field("num_dropped", pa.int64()),
         pa.field("num_stragglers", pa.int64()),
+        pa.field("num_stale", pa.int64()),
+        pa.field("num_aggregated", pa.int64()),
+        pa.field("staleness_mean", pa.float64()),
+        pa.field("staleness_max", pa.int64()),
         pa.field("bytes_up", pa.int64()),
         pa.field("bytes_down", pa.int64()),
         pa.field("bytes_up_raw", pa.int64()),
@@ -41,6 +47,8 @@ CLIENT_EVENTS_SCHEMA = pa.schema(
         pa.field("round", pa.int64()),
         pa.field("client_id", pa.int64()),
         pa.field("status", pa.string()),
+        pa.field("model_version", pa.int64()),
+        pa.field("staleness", pa.int64()),
         pa.field("dispatch_time_s", pa.float64()),
         pa.field("finish_time_s", pa.float64()),
         pa.field("download_s", pa.float64()),

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
-import torch
 
 from fedray import seeding
 from fedray.clients.profiles import ProfileModel
@@ -29,10 +28,10 @@ from fedray.compression import make_codec
 from fedray.config import Config
 from fedray.execution.pool import WorkerPool
 from fedray.execution.worker import Task
+from fedray.sim.evaluation import Evaluator, initial_params
 from fedray.sim.round_plan import DROPPED, PARTIAL, STRAGGLER, RoundPlan, plan_round
 from fedray.sim.selection import select_clients
 from fedray.strategies import ServerState, make_strategy
-from fedray.training import flat_params, load_flat_params
 from fedray.workloads import Workload
 
 
@@ -45,41 +44,6 @@ class DriverState:
     sim_time_s: float = 0.0
     cum_bytes_up: int = 0
     cum_bytes_down: int = 0
-
-
-class Evaluator:
-    """Global evaluation on a fixed, seeded set of clients' splits, run on the driver."""
-
-    def __init__(self, workload: Workload, seed: int, num_clients: int, eval_clients: int):
-        rng = seeding.generator(seed, "eval")
-        ids = np.sort(rng.choice(num_clients, size=min(eval_clients, num_clients), replace=False))
-        parts = [workload.client_data(int(i)) for i in ids]
-        self.client_ids = ids
-        self.x_test = torch.cat([p.x_test for p in parts])
-        self.y_test = torch.cat([p.y_test for p in parts])
-        self.x_train = torch.cat([p.x_train for p in parts])
-        self.y_train = torch.cat([p.y_train for p in parts])
-        self.workload = workload
-        self.model = workload.build_model()
-
-    def __call__(self, params: np.ndarray) -> dict[str, float]:
-        load_flat_params(self.model, params)
-        test = self.workload.evaluate(self.model, self.x_test, self.y_test)
-        train = self.workload.evaluate(self.model, self.x_train, self.y_train)
-        return {
-            "eval_loss": test["loss"],
-            "eval_accuracy": test["accuracy"],
-            "global_train_loss": train["loss"],
-            "global_train_accuracy": train["accuracy"],
-        }
-
-
-def initial_params(workload: Workload, seed: int) -> np.ndarray:
-    # torch's initialisers draw from its global RNG; fork it so the run's seed decides the
-    # initial model without leaking into (or depending on) anything else in the process.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seeding.purpose_code("init") ^ seed)
-        return flat_params(workload.build_model())
 
 
 def make_groups(
@@ -229,7 +193,7 @@ class SyncDriver:
                 if enough_updates(self.strategy, len(updates)):
                     state.server = self.strategy.aggregate(state.server, updates, weights)
 
-        dispatch = state.sim_time_s
+        dispatch, dispatch_version = state.sim_time_s, state.server.version
         state.sim_time_s += plan.duration_s
         state.round = round_
         bytes_up, bytes_down = int(plan.bytes_up.sum()), int(plan.bytes_down.sum())
@@ -263,6 +227,10 @@ class SyncDriver:
             "num_partial": int((plan.status == PARTIAL).sum()),
             "num_dropped": int((plan.status == DROPPED).sum()),
             "num_stragglers": int((plan.status == STRAGGLER).sum()),
+            "num_stale": 0,
+            "num_aggregated": int(accepted.sum()),
+            "staleness_mean": 0.0 if accepted.any() else np.nan,
+            "staleness_max": 0,
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
             "bytes_up_raw": bytes_up_raw,
@@ -277,6 +245,8 @@ class SyncDriver:
             "round": np.full(len(cohort), round_, dtype=np.int64),
             "client_id": plan.client_ids,
             "status": plan.status.astype(str),
+            "model_version": np.full(len(cohort), dispatch_version, dtype=np.int64),
+            "staleness": np.where(accepted, 0, -1).astype(np.int64),
             "dispatch_time_s": np.full(len(cohort), dispatch),
             "finish_time_s": dispatch + plan.finish_s,
             "download_s": plan.times.download_s,

@@ -18,8 +18,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Task:
+    """One client's local training. ``round`` keys the task's shuffling and codec draws (default:
+    the group's round); ``model`` indexes the group's start models, so one call can carry clients
+    dispatched with different model versions (asynchronous runs)."""
+
     client_id: int
     local_epochs: int
+    round: int | None = None
+    model: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ class ClientWorker:
 
     def run_group(
         self,
-        global_params: np.ndarray,
+        global_params: np.ndarray | list,
         group_index: int,
         round_: int,
         tasks: list[Task],
@@ -90,15 +96,22 @@ class ClientWorker:
     ) -> GroupResult:
         """Train ``tasks`` from ``global_params``; ``residuals`` holds the error-feedback state of
         those clients that have one (the driver's client-state store owns it between rounds).
-        With ``presum=False`` (robust aggregators) each client's decoded update is returned."""
+        With ``presum=False`` (robust aggregators, asynchronous runs) each client's decoded update
+        is returned. ``global_params`` is one model, or a list of models (or object refs to them)
+        that tasks pick by ``Task.model``."""
+        import ray
         import torch
 
         from fedray import seeding
         from fedray.compression import encode_with_feedback
         from fedray.training import flat_params, load_flat_params
 
-        base = np.asarray(global_params, dtype=np.float32)
-        base_tensor = torch.tensor(base)  # one private copy per group, loaded per client
+        models = global_params if isinstance(global_params, list) else [global_params]
+        models = [ray.get(m) if isinstance(m, ray.ObjectRef) else m for m in models]
+        bases = [np.asarray(m, dtype=np.float32) for m in models]
+        # One private copy per start model, loaded per client.
+        base_tensors = [torch.tensor(b) for b in bases]
+        base = bases[0]
         update_sum = np.zeros(base.shape, dtype=np.float64)
         n = len(tasks)
         ids, samples = np.empty(n, np.int64), np.empty(n, np.int64)
@@ -109,9 +122,10 @@ class ClientWorker:
         residuals = residuals or {}
         weight_sum = 0.0
         for i, task in enumerate(tasks):
-            load_flat_params(self.model, base_tensor)
+            load_flat_params(self.model, base_tensors[task.model])
             data = self._data(task.client_id)
-            rng = seeding.generator(self.seed, "shuffle", task.client_id, round_)
+            key = round_ if task.round is None else task.round
+            rng = seeding.generator(self.seed, "shuffle", task.client_id, key)
             stats = self.workload.local_train(
                 self.model,
                 data,
@@ -121,8 +135,8 @@ class ClientWorker:
                 mu=mu,
                 rng=rng,
             )
-            update = flat_params(self.model) - base
-            codec_rng = seeding.generator(self.seed, "codec", task.client_id, round_)
+            update = flat_params(self.model) - bases[task.model]
+            codec_rng = seeding.generator(self.seed, "codec", task.client_id, key)
             payload, residual = encode_with_feedback(
                 self.codec, update, self.segments, codec_rng, residuals.get(task.client_id)
             )

@@ -2,6 +2,7 @@
 
     fedray run CONFIG [--set key=value ...] [--out DIR] [--name NAME] [--address HOST:PORT]
     fedray study STUDY [--set key=value ...] [--out DIR]
+    fedray sweep SWEEP [--set key=value ...] [--out DIR] [--resume] [--address HOST:PORT]
     fedray validate CONFIG [--set key=value ...]
 
 User errors (bad config, file or argument) print one line and exit with code 2.
@@ -59,6 +60,15 @@ def _build_parser() -> argparse.ArgumentParser:
     study.add_argument("--quiet", action="store_true", help="no progress display")
     study.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
+    sweep = sub.add_parser("sweep", help="run a grid of overrides as trials on Ray Tune")
+    sweep.add_argument("sweep", help="sweep YAML file (see sweeps/)")
+    add_overrides(sweep, "override a key of every trial, e.g. --set rounds=10 (repeatable)")
+    sweep.add_argument("--out", help="results root (default: the base config's output.root)")
+    sweep.add_argument("--resume", action="store_true", help="continue; finished trials are kept")
+    sweep.add_argument("--address", help="run the trials on an existing Ray cluster")
+    sweep.add_argument("--quiet", action="store_true", help="no progress display")
+    sweep.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
     validate = sub.add_parser("validate", help="check a config and print it resolved")
     add_config_args(validate)
     return parser
@@ -94,6 +104,23 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"fedray: study done -> {out} (study.parquet, *.png)")
             return 0
+        if args.command == "sweep":
+            import pandas as pd
+
+            from fedray.sweep import run_sweep
+
+            address = [f"execution.address={args.address}"] if args.address else []
+            out = run_sweep(
+                args.sweep,
+                root=args.out,
+                extra=args.overrides + address,
+                resume=args.resume,
+                progress=not args.quiet,
+                verbose=args.verbose,
+            )
+            status = pd.read_parquet(out / "sweep.parquet", columns=["status"]).status
+            print(f"fedray: sweep done, {status.value_counts().to_dict()} -> {out}/sweep.parquet")
+            return 0 if (status == "completed").all() else 1
         from fedray.config import dump_config, load_config
 
         cfg = load_config(args.config, overrides=_cli_overrides(args))

@@ -52,18 +52,25 @@ class StudySpec(BaseModel):
     plots: PlotSpec = PlotSpec()
 
 
-def load_study(path: str | Path) -> StudySpec:
+def read_spec(path: str | Path, model: type[BaseModel], kind: str) -> BaseModel:
+    """Validate the YAML file at ``path`` against ``model``; errors are one line naming the key.
+    Shared by study and sweep files."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"study file {str(path)!r} not found")
+        raise ConfigError(f"{kind} file {str(path)!r} not found")
     try:
-        spec = StudySpec.model_validate(yaml.safe_load(path.read_text()) or {})
+        return model.model_validate(yaml.safe_load(path.read_text()) or {})
     except (yaml.YAMLError, ValidationError) as err:
         first = err.errors()[0] if isinstance(err, ValidationError) else None
         where = (
             ".".join(map(str, first["loc"])) + ": " + first["msg"] if first else "not valid YAML"
         )
-        raise ConfigError(f"study file {str(path)!r}: {where}") from None
+        raise ConfigError(f"{kind} file {str(path)!r}: {where}") from None
+
+
+def load_study(path: str | Path) -> StudySpec:
+    path = Path(path)
+    spec = read_spec(path, StudySpec, "study")
     if not spec.base.is_absolute():
         spec.base = path.parent / spec.base
     for x in spec.plots.x:
@@ -111,20 +118,26 @@ def run_study(
     return study_dir
 
 
-def _run_variant(variant: str, cfg, progress: bool, verbose: bool):
-    from fedray.api import run
+def finished_run(run_dir: Path, cfg) -> bool:
+    """True if ``run_dir`` holds a completed run of this very config (overwrite flag aside),
+    so a study or sweep can reuse it instead of running it again."""
     from fedray.config import dump_config
     from fedray.results.result import Result
 
-    run_dir = cfg.output.root / variant
     finished = (run_dir / "summary.json").is_file() and (
         Result(run_dir).summary.get("status") == "completed"
     )
-    # Reuse a finished variant only if it ran this very config (overwrite flag aside).
-    same = finished and (run_dir / "config.yaml").read_text() == dump_config(
+    return finished and (run_dir / "config.yaml").read_text() == dump_config(
         cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": False})})
     )
-    if not same:
+
+
+def _run_variant(variant: str, cfg, progress: bool, verbose: bool):
+    from fedray.api import run
+    from fedray.results.result import Result
+
+    run_dir = cfg.output.root / variant
+    if not finished_run(run_dir, cfg):
         cfg.output.overwrite = run_dir.exists()  # a failed or interrupted attempt
         run(cfg, progress=progress, verbose=verbose)
     return Result.from_path(run_dir).rounds.assign(variant=variant)

@@ -93,6 +93,7 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
     import torch
 
     from fedray.clients.profiles import ProfileModel
+    from fedray.execution.batched import resolve_mode
     from fedray.execution.pool import WorkerPool, default_num_workers
     from fedray.progress import RoundProgress
     from fedray.results.tensorboard import TensorBoardSink
@@ -140,10 +141,12 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
                 cfg.compression.uplink,
                 cfg.seed,
                 cfg.execution.data_cache_mb,
+                cfg.execution.vectorize,
             ),
         )
         # The driver prepares its side while the actors import torch.
         workload = make_workload(cfg.workload, cfg.seed)
+        resolve_mode(cfg.execution.vectorize, workload)  # a one-line error if forced on in vain
         evaluator = Evaluator(
             workload, cfg.seed, cfg.clients.num_clients, cfg.workload.eval_clients
         )

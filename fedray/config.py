@@ -288,6 +288,9 @@ class ExecutionConfig(_Model):
     # holds a copy per worker and grew each worker by ~130 MB at K=1000 (benchmarks/).
     data_cache_mb: int = Field(default=0, ge=0)
     client_state_mb: int = Field(default=256, ge=0, description="in-memory per-client state")
+    # auto: train each group as one batched computation where the workload's model allows it
+    # (fedray/execution/batched.py); on: insist (an error where it cannot); off: client by client.
+    vectorize: Literal["auto", "on", "off"] = "auto"
 
 
 class OutputConfig(_Model):

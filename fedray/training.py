@@ -7,7 +7,12 @@ Learning of Deep Networks from Decentralized Data") and, with ``mu > 0``, of Fed
     h_k(w; w^t) = F_k(w) + μ/2 · ‖w − w^t‖²,   so   ∇h_k = ∇F_k(w) + μ (w − w^t).
 
 The proximal gradient is added directly instead of differentiating the penalty: same maths, no
-extra autograd graph. The function knows nothing of Ray, files or clocks.
+extra autograd graph. With a ``correction`` it is also SCAFFOLD's client step (Karimireddy et al.
+2020, "SCAFFOLD: Stochastic Controlled Averaging for Federated Learning", Algorithm 1),
+
+    y ← y − η_l (g_k(y) − c_k + c),   with the constant correction c − c_k.
+
+The function knows nothing of Ray, files or clocks.
 """
 
 from __future__ import annotations
@@ -46,6 +51,15 @@ def load_flat_params(model: torch.nn.Module, flat: np.ndarray | torch.Tensor) ->
             offset += n
 
 
+def split_like(model: torch.nn.Module, flat: np.ndarray) -> list[torch.Tensor]:
+    """A flat float32 vector as tensors shaped like the model's parameters (in their order)."""
+    source = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
+    sizes = [p.numel() for p in model.parameters()]
+    return [
+        t.view_as(p) for t, p in zip(torch.split(source, sizes), model.parameters(), strict=True)
+    ]
+
+
 def local_sgd(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -56,10 +70,12 @@ def local_sgd(
     batch_size: int,
     rng: np.random.Generator,
     mu: float = 0.0,
+    correction: list[torch.Tensor] | None = None,
 ) -> TrainStats:
     """Minibatch SGD for ``epochs`` passes over (x, y), reshuffled each epoch by ``rng``.
 
     With ``mu > 0`` the anchor w^t is the model's parameters on entry (the global model).
+    ``correction`` (one tensor per parameter) is added to every step's gradient.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if mu > 0 else None
@@ -81,6 +97,8 @@ def local_sgd(
                         g.add(p - a, alpha=mu)
                         for g, p, a in zip(grads, params, anchor, strict=True)
                     ]
+                if correction is not None:
+                    grads = [g.add(c) for g, c in zip(grads, correction, strict=True)]
                 torch._foreach_add_(params, grads, alpha=-lr)
             losses.append(loss.detach())
     steps = len(losses)

@@ -62,8 +62,16 @@ class Workload(ABC):
         batch_size: int,
         mu: float,
         rng: np.random.Generator,
+        correction: list[torch.Tensor] | None = None,
     ) -> TrainStats:
-        """Train ``model`` in place on the client's train split."""
+        """Train ``model`` in place on the client's train split. ``correction`` (one tensor per
+        parameter) is added to every gradient step — SCAFFOLD's c − c_k."""
+
+    def vectorizable(self) -> bool:
+        """Whether ``local_train`` is exactly :func:`fedray.training.local_sgd` with the
+        cross-entropy loss, so the engine may train blocks of clients batched
+        (:mod:`fedray.execution.batched`, ``execution.vectorize``). Off unless a workload says so."""
+        return False
 
     @abstractmethod
     def evaluate(

@@ -89,7 +89,9 @@ class Synthetic(Workload):
             )
         return nn.Linear(NUM_FEATURES, NUM_CLASSES)  # multinomial logistic regression
 
-    def local_train(self, model, data, *, epochs, lr, batch_size, mu, rng) -> TrainStats:
+    def local_train(
+        self, model, data, *, epochs, lr, batch_size, mu, rng, correction=None
+    ) -> TrainStats:
         return local_sgd(
             model,
             data.x_train,
@@ -99,7 +101,11 @@ class Synthetic(Workload):
             batch_size=batch_size,
             mu=mu,
             rng=rng,
+            correction=correction,
         )
+
+    def vectorizable(self) -> bool:
+        return True  # local_sgd with cross-entropy; logreg and the MLP are dense ReLU stacks
 
     def evaluate(self, model, x, y) -> dict[str, float]:
         loss, accuracy = evaluate_classifier(model, x, y)

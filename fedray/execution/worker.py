@@ -1,17 +1,24 @@
 """The code that runs inside one pool actor: local training of a group of virtual clients.
 
-A worker is long-lived and executes many virtual clients one after another. Each client's update
-Δ_k is encoded with the uplink codec — the payload's length is what the client uploads — and
-decoded again, as the server would. For a linear aggregator the worker then returns the group's
-pre-summed decoded update Σ n_k Δ̂_k (float64, summed in the group's fixed client order), so the
-driver holds O(model) memory however many clients a round has, while bytes stay per client.
+A worker is long-lived and executes many virtual clients. It trains a group either one client
+after another (the workload's ``local_train``), or — where the workload's model allows it
+(``execution.vectorize``) — all at once as one batched computation
+(:mod:`fedray.execution.batched`); both give the same updates to float tolerance.
+
+Each client's update Δ_k is then encoded with the uplink codec — the payload's length is what the
+client uploads — and decoded again, as the server would. For a linear aggregator the worker
+returns the group's pre-summed decoded update Σ n_k Δ̂_k (float64, summed in the group's fixed
+client order), so the driver holds O(model) memory however many clients a round has, while bytes
+stay per client. With SCAFFOLD control variates the worker also uploads, encodes and pre-sums
+each client's control-variate change Δc_k (see :mod:`fedray.strategies.scaffold`).
 Client data is generated on demand from (seed, client id) and kept in a bounded LRU cache.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,19 +44,39 @@ class GroupResult:
     num_samples: np.ndarray
     train_loss: np.ndarray
     steps: np.ndarray
-    bytes_up: np.ndarray  # real payload length per client
+    bytes_up: np.ndarray  # real payload length per client (both payloads under SCAFFOLD)
     residuals: dict[int, np.ndarray]  # new error-feedback residuals (empty without feedback)
     updates: np.ndarray | None = None  # [clients, d] decoded updates, when not pre-summed
+    control_sum: np.ndarray | None = None  # SCAFFOLD: Σ decoded Δc_k (unweighted), float64
+    controls: dict[int, np.ndarray] = field(default_factory=dict)  # SCAFFOLD: new c_k
+
+
+@dataclass(frozen=True)
+class _Trained:
+    task: Task
+    num_samples: int
+    update: np.ndarray  # float32 w_k − w^t
+    loss: float
+    steps: int
 
 
 class ClientWorker:
     """Executes groups of client tasks against a given global model. Wrapped as a Ray actor by
     :class:`fedray.execution.pool.WorkerPool`; usable directly in-process too."""
 
-    def __init__(self, workload_cfg, client_cfg, uplink_cfg, seed: int, data_cache_mb: int = 256):
+    def __init__(
+        self,
+        workload_cfg,
+        client_cfg,
+        uplink_cfg,
+        seed: int,
+        data_cache_mb: int = 256,
+        vectorize: str = "auto",
+    ):
         import torch
 
         from fedray.compression import make_codec
+        from fedray.execution import batched
 
         # One intra-op thread per actor: parallelism comes from the pool, and oversubscribed
         # BLAS threads make small-model training several times slower.
@@ -61,6 +88,7 @@ class ClientWorker:
         self.seed = seed
         self.model = self.workload.build_model()
         self.segments = tuple(p.numel() for p in self.model.parameters())
+        self.vectorized = batched.resolve_mode(vectorize, self.workload, self.model)
         self.codec = make_codec(uplink_cfg)
         self._cache: OrderedDict[int, object] = OrderedDict()
         self._cache_bytes = 0
@@ -84,6 +112,67 @@ class ClientWorker:
                 self._cache_bytes -= evicted.nbytes
         return data
 
+    # ------------------------------------------------------------------ training
+
+    def _train_each(self, bases, round_, tasks, mu, corrections) -> Iterator[_Trained]:
+        """One client after another through the workload's own ``local_train``."""
+        import torch
+
+        from fedray import seeding
+        from fedray.training import flat_params, load_flat_params, split_like
+
+        base_tensors = [torch.tensor(b) for b in bases]  # private copies, loaded per client
+        for task in tasks:
+            load_flat_params(self.model, base_tensors[task.model])
+            data = self._data(task.client_id)
+            key = round_ if task.round is None else task.round
+            rng = seeding.generator(self.seed, "shuffle", task.client_id, key)
+            options = {}
+            if corrections is not None:
+                options["correction"] = split_like(self.model, corrections[task.client_id])
+            stats = self.workload.local_train(
+                self.model,
+                data,
+                epochs=task.local_epochs,
+                lr=self.client_cfg.lr,
+                batch_size=self.client_cfg.batch_size,
+                mu=mu,
+                rng=rng,
+                **options,
+            )
+            update = flat_params(self.model) - bases[task.model]
+            yield _Trained(task, len(data.x_train), update, stats.loss, stats.steps)
+
+    def _train_vectorized(self, bases, round_, tasks, mu, corrections) -> Iterator[_Trained]:
+        """The whole group as one block (:func:`fedray.execution.batched.train_block`)."""
+        from fedray import seeding
+        from fedray.execution.batched import dense_shapes, job_from, train_block
+
+        jobs = []
+        for task in tasks:
+            key = round_ if task.round is None else task.round
+            jobs.append(
+                job_from(
+                    self._data(task.client_id),
+                    epochs=task.local_epochs,
+                    rng=seeding.generator(self.seed, "shuffle", task.client_id, key),
+                    start=bases[task.model],
+                    correction=None if corrections is None else corrections[task.client_id],
+                )
+            )
+        block = train_block(
+            dense_shapes(self.model),
+            jobs,
+            lr=self.client_cfg.lr,
+            batch_size=self.client_cfg.batch_size,
+            mu=mu,
+        )
+        for i, task in enumerate(tasks):
+            update = block.params[i] - bases[task.model]
+            yield _Trained(task, len(jobs[i].y), update, float(block.loss[i]), int(block.steps[i]))
+
+    # ------------------------------------------------------------------ a group
+
     def run_group(
         self,
         global_params: np.ndarray | list,
@@ -93,69 +182,81 @@ class ClientWorker:
         mu: float,
         residuals: dict[int, np.ndarray] | None = None,
         presum: bool = True,
+        *,
+        control: np.ndarray | None = None,
+        client_controls: dict[int, np.ndarray] | None = None,
     ) -> GroupResult:
         """Train ``tasks`` from ``global_params``; ``residuals`` holds the error-feedback state of
         those clients that have one (the driver's client-state store owns it between rounds).
         With ``presum=False`` (robust aggregators, asynchronous runs) each client's decoded update
         is returned. ``global_params`` is one model, or a list of models (or object refs to them)
-        that tasks pick by ``Task.model``."""
+        that tasks pick by ``Task.model``.
+
+        ``control`` (SCAFFOLD's server variate c) turns on control variates: each client trains
+        with the gradient correction c − c_k, where c_k comes from ``client_controls`` (zeros if
+        absent), and uploads Δc_k = −c − Δy_k / (K_k η_l) (option II) next to its update."""
         import ray
-        import torch
 
         from fedray import seeding
         from fedray.compression import encode_with_feedback
-        from fedray.training import flat_params, load_flat_params
 
         models = global_params if isinstance(global_params, list) else [global_params]
         models = [ray.get(m) if isinstance(m, ray.ObjectRef) else m for m in models]
         bases = [np.asarray(m, dtype=np.float32) for m in models]
-        # One private copy per start model, loaded per client.
-        base_tensors = [torch.tensor(b) for b in bases]
         base = bases[0]
+        corrections = old_controls = None
+        if control is not None:
+            control = np.asarray(control, dtype=np.float32)
+            zero = np.zeros_like(control)
+            client_controls = client_controls or {}
+            old_controls = {t.client_id: client_controls.get(t.client_id, zero) for t in tasks}
+            corrections = {cid: control - c_k for cid, c_k in old_controls.items()}
+
         update_sum = np.zeros(base.shape, dtype=np.float64)
+        control_sum = None if control is None else np.zeros(base.shape, dtype=np.float64)
         n = len(tasks)
         ids, samples = np.empty(n, np.int64), np.empty(n, np.int64)
         losses, steps = np.empty(n, np.float64), np.empty(n, np.int64)
         sizes = np.empty(n, np.int64)
         rows = None if presum else np.empty((n, base.size), dtype=np.float32)
         new_residuals: dict[int, np.ndarray] = {}
+        new_controls: dict[int, np.ndarray] = {}
         residuals = residuals or {}
         weight_sum = 0.0
-        for i, task in enumerate(tasks):
-            load_flat_params(self.model, base_tensors[task.model])
-            data = self._data(task.client_id)
+        train = self._train_vectorized if self.vectorized else self._train_each
+        for i, done in enumerate(train(bases, round_, tasks, mu, corrections)):
+            task = done.task
             key = round_ if task.round is None else task.round
-            rng = seeding.generator(self.seed, "shuffle", task.client_id, key)
-            stats = self.workload.local_train(
-                self.model,
-                data,
-                epochs=task.local_epochs,
-                lr=self.client_cfg.lr,
-                batch_size=self.client_cfg.batch_size,
-                mu=mu,
-                rng=rng,
-            )
-            update = flat_params(self.model) - bases[task.model]
             codec_rng = seeding.generator(self.seed, "codec", task.client_id, key)
             payload, residual = encode_with_feedback(
-                self.codec, update, self.segments, codec_rng, residuals.get(task.client_id)
+                self.codec, done.update, self.segments, codec_rng, residuals.get(task.client_id)
             )
             if residual is not None:
                 new_residuals[task.client_id] = residual
-            weight = len(data.x_train)
             decoded = self.codec.decode(payload, self.segments)
             if rows is not None:
                 rows[i] = decoded
             else:
-                update_sum += weight * decoded.astype(np.float64)
-            weight_sum += weight
+                update_sum += done.num_samples * decoded.astype(np.float64)
+            weight_sum += done.num_samples
+            sizes[i] = len(payload)
+            if control is not None:
+                # Option II of the paper: c_k⁺ = c_k − c + (x − y_k) / (K η_l). The client keeps
+                # the exact c_k⁺; the server only sees the change through the codec.
+                c_old = old_controls[task.client_id]
+                scale = 1.0 / (max(done.steps, 1) * self.client_cfg.lr)
+                c_new = (c_old - control - done.update * scale).astype(np.float32)
+                new_controls[task.client_id] = c_new
+                control_rng = seeding.generator(self.seed, "codec.control", task.client_id, key)
+                control_payload = self.codec.encode(c_new - c_old, self.segments, control_rng)
+                control_sum += self.codec.decode(control_payload, self.segments)
+                sizes[i] += len(control_payload)
             ids[i], samples[i], losses[i], steps[i] = (
                 task.client_id,
-                weight,
-                stats.loss,
-                stats.steps,
+                done.num_samples,
+                done.loss,
+                done.steps,
             )
-            sizes[i] = len(payload)
         return GroupResult(
             group_index,
             update_sum,
@@ -167,4 +268,6 @@ class ClientWorker:
             sizes,
             new_residuals,
             rows,
+            control_sum,
+            new_controls,
         )

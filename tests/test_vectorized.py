@@ -1,0 +1,131 @@
+"""Vectorized client execution (fedray/execution/batched.py) against the sequential path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from torch import nn
+
+import fedray
+from fedray.config import ClientTrainingConfig, CodecConfig, config_from_dict
+from fedray.errors import ConfigError, UserError
+from fedray.execution.batched import dense_shapes, resolve_mode
+from fedray.execution.worker import ClientWorker, Task
+from fedray.results.schema import NONDETERMINISTIC_COLUMNS
+from fedray.training import flat_params
+from fedray.workloads import make_workload
+from fedray.workloads.synthetic import Synthetic
+
+
+def synthetic_cfg(**options):
+    return config_from_dict({"workload": {"name": "synthetic", **options}}).workload
+
+
+def test_dense_stacks_are_recognised_and_other_models_are_not():
+    assert dense_shapes(nn.Linear(60, 10)) == [(10, 60)]
+    mlp = nn.Sequential(nn.Linear(60, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3))
+    assert dense_shapes(mlp) == [(8, 60), (4, 8), (3, 4)]
+    assert dense_shapes(nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3))) is None
+    assert dense_shapes(nn.Sequential(nn.Linear(6, 4), nn.ReLU())) is None
+    assert dense_shapes(nn.Linear(6, 3, bias=False)) is None
+    assert dense_shapes(nn.Conv1d(1, 1, 3)) is None
+
+
+@pytest.mark.parametrize(
+    ("model", "codec", "mu"),
+    [
+        ("logreg", {"name": "topk", "fraction": 0.2, "error_feedback": True}, 0.5),
+        ("mlp", {"name": "fp16"}, 0.1),
+    ],
+)
+def test_a_vectorized_group_equals_client_by_client_training(model, codec, mu):
+    # Prepare: clients of very different sizes, with 1-3 epochs as the partial policy gives them,
+    # some carrying an error-feedback residual from an earlier round.
+    workload_cfg = synthetic_cfg(model=model, hidden=12, max_samples=400)
+    client_cfg = ClientTrainingConfig(lr=0.05, batch_size=8, local_epochs=3)
+    args = (workload_cfg, client_cfg, CodecConfig(**codec), 5, 0)
+    sequential = ClientWorker(*args, vectorize="off")
+    vectorized = ClientWorker(*args, vectorize="on")
+    assert vectorized.vectorized and not sequential.vectorized
+    start = flat_params(Synthetic(workload_cfg, 5).build_model())
+    tasks = [Task(c, e) for c, e in [(3, 3), (8, 1), (11, 2), (19, 3), (23, 1), (31, 2)]]
+    sizes = Synthetic(workload_cfg, 5).num_train_samples([t.client_id for t in tasks])
+    assert len(set(sizes.tolist())) == len(tasks)
+    residuals = None
+    if codec.get("error_feedback"):
+        rng = np.random.default_rng(0)
+        residuals = {
+            3: rng.normal(0, 0.01, start.size).astype(np.float32),
+            19: np.zeros_like(start),
+        }
+
+    # Execute
+    seq = sequential.run_group(start, 0, 2, tasks, mu, residuals)
+    vec = vectorized.run_group(start, 0, 2, tasks, mu, residuals)
+    rows = ClientWorker(*args, vectorize="on").run_group(start, 0, 2, tasks, mu, residuals, False)
+
+    # Assert: same clients, steps and bytes exactly; updates, losses and residuals to float
+    # tolerance (fp16 may round a last bit differently: one fp16 ulp is ~1e-3 relative).
+    np.testing.assert_array_equal(vec.client_ids, seq.client_ids)
+    np.testing.assert_array_equal(vec.steps, seq.steps)
+    np.testing.assert_array_equal(vec.num_samples, sizes)
+    np.testing.assert_array_equal(vec.bytes_up, seq.bytes_up)
+    assert vec.weight_sum == seq.weight_sum
+    assert np.abs(seq.update_sum).max() > 1.0  # the clients really moved
+    np.testing.assert_allclose(vec.update_sum, seq.update_sum, rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(vec.train_loss, seq.train_loss, rtol=1e-5)
+    assert (
+        sorted(vec.residuals)
+        == sorted(seq.residuals)
+        == ([3, 8, 11, 19, 23, 31] if residuals else [])
+    )
+    for cid in vec.residuals:
+        np.testing.assert_allclose(vec.residuals[cid], seq.residuals[cid], atol=1e-4)
+    weighted = (rows.updates.astype(np.float64) * sizes[:, None]).sum(0)
+    np.testing.assert_allclose(weighted, vec.update_sum, rtol=1e-6, atol=1e-6)
+
+
+def test_vectorize_can_be_forced_and_fails_in_one_line_where_unsupported():
+    class TanhSynthetic(Synthetic):
+        def build_model(self):
+            return nn.Sequential(nn.Linear(60, 8), nn.Tanh(), nn.Linear(8, 10))
+
+    synthetic = make_workload(synthetic_cfg(), 0)
+    assert resolve_mode("auto", synthetic) and resolve_mode("on", synthetic)
+    assert not resolve_mode("off", synthetic)
+    tanh = TanhSynthetic(synthetic_cfg(), 0)
+    assert not resolve_mode("auto", tanh)
+    with pytest.raises(UserError, match=r"execution.vectorize=on.*set execution.vectorize") as err:
+        resolve_mode("on", tanh)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="execution.vectorize"):
+        config_from_dict({"execution": {"vectorize": "always"}})
+
+
+def test_vectorized_runs_are_deterministic_and_match_sequential_runs(ray_session, small_config):
+    # Mixed sizes, the partial policy (clients cut to 1-2 of 3 epochs), FedProx and a codec.
+    small_config.update(rounds=3, clients_per_round=8, deadline_s=6.0, stragglers="partial")
+    small_config["strategy"] = {"name": "fedprox", "mu": 0.1}
+    small_config["client"]["local_epochs"] = 3
+    small_config["clients"]["profile"] = {"speed": {"dist": "lognormal", "median": 150, "sigma": 1}}
+    small_config["compression"] = {"uplink": "fp16"}
+    small_config["execution"]["clients_per_task"] = 3
+
+    def run(name, **execution):
+        cfg = {
+            **small_config,
+            "execution": {**small_config["execution"], **execution},
+            "output": {**small_config["output"], "name": name},
+        }
+        return fedray.run(config_from_dict(cfg), progress=False)
+
+    one = run("v1", vectorize="on", num_workers=1)
+    two = run("v2", vectorize="on", num_workers=2)
+    seq = run("s2", vectorize="off", num_workers=2)
+    assert one.rounds["num_partial"].sum() > 0 and one.rounds["num_completed"].sum() > 0
+    cols = [c for c in one.rounds.columns if c not in NONDETERMINISTIC_COLUMNS]
+    pd.testing.assert_frame_equal(one.rounds[cols], two.rounds[cols], check_exact=True)
+    pd.testing.assert_frame_equal(one.clients, two.clients, check_exact=True)
+    pd.testing.assert_frame_equal(one.rounds[cols], seq.rounds[cols], check_exact=False, rtol=1e-4)
+    pd.testing.assert_frame_equal(one.clients, seq.clients, check_exact=False, rtol=1e-4)

@@ -22,7 +22,7 @@ import numpy as np
 from fedray.config import Config, dump_config
 from fedray.errors import UserError
 from fedray.results.result import Result
-from fedray.results.writer import CONFIG_FILE, TB_DIR, RunDirectory
+from fedray.results.writer import CONFIG_FILE, PARTITION_FILE, TB_DIR, RunDirectory
 
 log = logging.getLogger("fedray")
 
@@ -97,9 +97,10 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
     from fedray.execution.pool import WorkerPool, default_num_workers
     from fedray.progress import RoundProgress
     from fedray.results.tensorboard import TensorBoardSink
+    from fedray.sim.async_driver import AsyncDriver
     from fedray.sim.evaluation import Evaluator
     from fedray.sim.sync_driver import SyncDriver
-    from fedray.workloads import make_workload
+    from fedray.workloads import make_workload, metric_names
 
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
@@ -107,7 +108,10 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
     if cfg.execution.address and not ray.is_initialized():
         check_address(cfg.execution.address)
     run_dir = RunDirectory(
-        cfg.output.root, cfg.output.name or _default_run_name(cfg), cfg.output.overwrite
+        cfg.output.root,
+        cfg.output.name or _default_run_name(cfg),
+        cfg.output.overwrite,
+        metric_names=metric_names(cfg.workload),
     )
     run_dir.write_text(CONFIG_FILE, dump_config(cfg))
     summary: dict = {
@@ -146,6 +150,9 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
         )
         # The driver prepares its side while the actors import torch.
         workload = make_workload(cfg.workload, cfg.seed)
+        partition = workload.client_statistics()
+        if partition is not None:
+            run_dir.write_table(PARTITION_FILE, partition)
         resolve_mode(cfg.execution.vectorize, workload)  # a one-line error if forced on in vain
         evaluator = Evaluator(
             workload, cfg.seed, cfg.clients.num_clients, cfg.workload.eval_clients
@@ -159,15 +166,30 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
         bar = RoundProgress(cfg.rounds, run_dir.path.name, enabled=progress)
         last: dict = {}
 
+        # Async runs take a server step per arrival or buffer: TensorBoard samples every
+        # eval_every-th step there, with histograms covering every step since the last sample.
+        tb_every = cfg.eval_every if cfg.mode == "async" else 1
+        pending_hist: dict[str, list] = {"durations": [], "staleness": []}
+
         def record(row: dict, events: dict, durations: np.ndarray) -> None:
             run_dir.rounds.append({k: [v] for k, v in row.items()})
             run_dir.clients.append(events)
             if tb is not None:
-                tb.log_round(row, durations)
+                staleness = events["staleness"]
+                pending_hist["durations"].append(durations)
+                pending_hist["staleness"].append(staleness[staleness >= 0])
+                if row["round"] % tb_every == 0 or row["round"] == cfg.rounds:
+                    tb.log_round(
+                        row,
+                        np.concatenate(pending_hist["durations"]),
+                        np.concatenate(pending_hist["staleness"]),
+                    )
+                    pending_hist["durations"], pending_hist["staleness"] = [], []
             bar.update(row["round"], row["sim_time_s"], row["eval_accuracy"])
             last.update(row)
 
-        driver = SyncDriver(
+        driver_class = AsyncDriver if cfg.mode == "async" else SyncDriver
+        driver = driver_class(
             cfg, workload, profiles, pool, evaluator, record, run_dir.path / ".client_state"
         )
         try:
@@ -185,6 +207,7 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
             final={
                 k: last.get(k)
                 for k in ("eval_accuracy", "eval_loss", "global_train_loss", "train_loss")
+                + tuple(f"eval_{m}" for m in metric_names(cfg.workload))
             },
         )
     except KeyboardInterrupt:

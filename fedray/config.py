@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from fedray.errors import ConfigError
 
@@ -154,8 +162,8 @@ class ClientsConfig(_Model):
 # --------------------------------------------------------------------------- sections
 
 
-class WorkloadConfig(_Model):
-    """Which task to simulate. Workload-specific options live here too (see the README)."""
+class SyntheticWorkloadConfig(_Model):
+    """Synthetic(α, β) of the FedProx paper (the default workload)."""
 
     name: Literal["synthetic"] = "synthetic"
     alpha: float = Field(default=1.0, ge=0)
@@ -167,6 +175,151 @@ class WorkloadConfig(_Model):
     max_samples: int | None = Field(default=None, ge=2)
     eval_clients: int = Field(default=100, ge=1)
 
+    def check_num_clients(self, num_clients: int) -> None:
+        """Any number of clients works: each one's data is generated from its id."""
+
+
+class EcomWorldConfig(_Model):
+    """Size of the generated e-commerce world (workloads/ecommerce/world.py)."""
+
+    num_platforms: int = Field(default=4, ge=1, le=6)
+    shops_per_platform: int = Field(default=5, ge=1, le=1000)
+    num_brands: int = Field(default=30, ge=2, le=100)
+    num_products: int = Field(default=400, ge=20, le=10**6)
+    num_users: int = Field(default=200, ge=1, le=10**6)
+    interactions_per_user: int = Field(default=10, ge=1, le=1000)
+    utterances_per_platform: int = Field(default=500, ge=10, le=10**6)
+    # Relative paths resolve against the working directory of the process that builds the world.
+    cache_dir: Path | None = Path("results/.cache")
+
+
+_PARTITION_OPTIONS = {
+    "natural": {"by"},
+    "dirichlet": {"alpha"},
+    "powerlaw": {"exponent"},
+    "iid": set(),
+}
+
+
+class PartitionConfig(_Model):
+    """How examples are split into clients: ``natural`` (``by`` platform or shop),
+    ``dirichlet`` (label skew, ``alpha``), ``powerlaw`` (quantity skew, ``exponent``) or ``iid``."""
+
+    scheme: Literal["natural", "dirichlet", "powerlaw", "iid"] = "natural"
+    by: Literal["platform", "shop"] | None = None
+    alpha: float | None = Field(default=None, gt=0)
+    exponent: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_scheme(cls, data: Any) -> Any:
+        # `--set workload.partition=iid` means {scheme: iid}.
+        return {"scheme": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _options_belong_to_the_scheme(self):
+        for key in ("by", "alpha", "exponent"):
+            if getattr(self, key) is not None and key not in _PARTITION_OPTIONS[self.scheme]:
+                owner = next(n for n, opts in _PARTITION_OPTIONS.items() if key in opts)
+                raise ValueError(
+                    f"partition.{key} is an option of the {owner} scheme, not {self.scheme}; "
+                    f"remove it or set scheme: {owner}"
+                )
+        if self.scheme == "natural" and self.by is None:
+            self.by = "platform"
+        if self.scheme == "dirichlet" and self.alpha is None:
+            self.alpha = 0.5
+        if self.scheme == "powerlaw" and self.exponent is None:
+            self.exponent = 1.0
+        return self
+
+
+class _EcomTaskConfig(_Model):
+    """Options shared by the e-commerce text tasks (workloads/ecommerce/)."""
+
+    world: EcomWorldConfig = EcomWorldConfig()
+    # `generated` (the seeded world) or the path of a user file (see the README for its format)
+    source: str = "generated"
+    partition: PartitionConfig = PartitionConfig()
+    eval_clients: int = Field(default=100, ge=1)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    embed_dim: int = Field(default=32, ge=1, le=4096)
+    hidden: int = Field(default=64, ge=1, le=4096)
+    max_len: int = Field(default=32, ge=2, le=4096)
+    _num_clients: int | None = PrivateAttr(default=None)
+
+    @property
+    def generated(self) -> bool:
+        return self.source == "generated"
+
+    @model_validator(mode="after")
+    def _natural_needs_the_world(self):
+        if not self.generated and self.partition.scheme == "natural":
+            raise ValueError(
+                "partition natural needs the generated world's platforms and shops; with a user "
+                "file as source use partition dirichlet, powerlaw or iid"
+            )
+        return self
+
+    @property
+    def num_clients(self) -> int:
+        """clients.num_clients of the run (set by :class:`Config`'s cross-checks)."""
+        if self._num_clients is None:
+            raise RuntimeError("workload config used outside a Config: num_clients is unknown")
+        return self._num_clients
+
+    def check_num_clients(self, num_clients: int) -> None:
+        if self.partition.scheme == "natural":
+            w = self.world
+            given = w.num_platforms * (w.shops_per_platform if self.partition.by == "shop" else 1)
+            if num_clients != given:
+                unit = "shop" if self.partition.by == "shop" else "platform"
+                raise ValueError(
+                    f"clients.num_clients={num_clients} but partition natural by {unit} gives "
+                    f"{given} clients; set clients.num_clients={given} or use partition dirichlet"
+                )
+        self._num_clients = num_clients
+
+
+class EcomIntentConfig(_EcomTaskConfig):
+    """Customer-service intent classification (fastText-style bag of embeddings)."""
+
+    name: Literal["ecom_intent"]
+
+
+class EcomRelationConfig(_EcomTaskConfig):
+    """Relation between two marked entities in a sentence (CNN over embeddings)."""
+
+    name: Literal["ecom_relation"]
+
+
+class EcomNerConfig(_EcomTaskConfig):
+    """BIO entity tagging of product titles (CNN tagger)."""
+
+    name: Literal["ecom_ner"]
+
+
+WORKLOAD_MODELS: dict[str, type[_Model]] = {
+    "synthetic": SyntheticWorkloadConfig,
+    "ecom_intent": EcomIntentConfig,
+    "ecom_relation": EcomRelationConfig,
+    "ecom_ner": EcomNerConfig,
+}
+
+
+def _default_workload_name(data: Any) -> Any:
+    # `workload: {alpha: 0.5}` predates the other workloads and still means synthetic.
+    if isinstance(data, dict) and "name" not in data:
+        return {**data, "name": "synthetic"}
+    return data
+
+
+WorkloadConfig = Annotated[
+    SyntheticWorkloadConfig | EcomIntentConfig | EcomRelationConfig | EcomNerConfig,
+    BeforeValidator(_default_workload_name),
+    Field(discriminator="name"),
+]
+
 
 _STRATEGY_OPTIONS = {
     "fedavg": set(),
@@ -176,6 +329,7 @@ _STRATEGY_OPTIONS = {
     "fedadam": {"beta1", "beta2", "tau", "initial_accumulator", "bias_correction"},
     "fedyogi": {"beta1", "beta2", "tau", "initial_accumulator", "bias_correction"},
     "robust": {"rule", "beta", "f", "m"},
+    "fedasync": {"alpha"},
 }
 _FEDOPT = ("fedadagrad", "fedadam", "fedyogi")
 
@@ -185,9 +339,9 @@ class StrategyConfig(_Model):
     error. ``server_lr`` defaults to 1.0, and to 0.01 for the adaptive FedOpt family, whose early
     steps move every coordinate by about η."""
 
-    name: Literal["fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "robust"] = (
-        "fedavg"
-    )
+    name: Literal[
+        "fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "robust", "fedasync"
+    ] = "fedavg"
     server_lr: float | None = Field(default=None, gt=0)
     mu: float | None = Field(default=None, ge=0, description="FedProx proximal coefficient")
     momentum: float | None = Field(default=None, ge=0, lt=1)
@@ -200,6 +354,7 @@ class StrategyConfig(_Model):
     beta: float | None = Field(default=None, ge=0, lt=0.5)
     f: int | None = Field(default=None, ge=0)
     m: int | None = Field(default=None, ge=1)
+    alpha: float | None = Field(default=None, gt=0, le=1, description="FedAsync mixing weight")
 
     @model_validator(mode="after")
     def _options_belong_to_the_strategy(self):
@@ -225,6 +380,24 @@ class StrategyConfig(_Model):
 
 
 _ALL_STRATEGY_OPTIONS = set().union(*_STRATEGY_OPTIONS.values())
+
+
+class AsyncConfig(_Model):
+    """Asynchronous rounds (``mode: async``): ``concurrency`` clients are always in flight.
+
+    With ``strategy.name: fedasync`` every arrival is mixed into the model (FedAsync). With any
+    other strategy, arrivals are buffered and every ``buffer_size`` of them make one server step
+    of that strategy (FedBuff). Updates are weighted by ``staleness`` s(τ): ``constant``,
+    ``polynomial`` (τ+1)^-a or ``hinge`` (1 up to b, then 1/(a(τ−b)+1)); the default is FedBuff's
+    1/sqrt(1+τ). Updates older than ``max_staleness`` versions are discarded (status ``stale``).
+    """
+
+    concurrency: int = Field(default=10, ge=1)
+    buffer_size: int | None = Field(default=None, ge=1, description="FedBuff K; default 10")
+    staleness: Literal["constant", "polynomial", "hinge"] = "polynomial"
+    staleness_a: float = Field(default=0.5, ge=0)
+    staleness_b: float = Field(default=4.0, ge=0)
+    max_staleness: int | None = Field(default=None, ge=0)
 
 
 class ClientTrainingConfig(_Model):
@@ -304,15 +477,17 @@ class Config(_Model):
     """A complete, validated fedray run configuration."""
 
     seed: int = Field(default=0, ge=0)
-    rounds: int = Field(default=20, ge=1)
+    mode: Literal["sync", "async"] = "sync"
+    rounds: int = Field(default=20, ge=1, description="rounds (sync) or server updates (async)")
     clients_per_round: int = Field(default=10, ge=1)
     over_selection: float = Field(default=1.0, ge=1.0)
     deadline_s: float | None = Field(default=None, gt=0)
     stragglers: Literal["drop", "partial", "wait"] = "drop"
     eval_every: int = Field(default=1, ge=1)
-    workload: WorkloadConfig = WorkloadConfig()
+    workload: WorkloadConfig = SyntheticWorkloadConfig()
     clients: ClientsConfig = ClientsConfig()
     strategy: StrategyConfig = StrategyConfig()
+    asynchronous: AsyncConfig = AsyncConfig()
     client: ClientTrainingConfig = ClientTrainingConfig()
     compression: CompressionConfig = CompressionConfig()
     execution: ExecutionConfig = ExecutionConfig()
@@ -331,9 +506,37 @@ class Config(_Model):
                 f"clients_per_round={self.clients_per_round} exceeds "
                 f"clients.num_clients={self.clients.num_clients}; lower it or add clients"
             )
+        self.workload.check_num_clients(self.clients.num_clients)
         if self.workload.eval_clients > self.clients.num_clients:
             self.workload.eval_clients = self.clients.num_clients
+        if self.mode == "async":
+            self._check_async()
+        elif self.strategy.name == "fedasync":
+            raise ValueError(
+                "strategy fedasync is asynchronous; set mode: async (or pick a sync strategy)"
+            )
         return self
+
+    def _check_async(self) -> None:
+        if self.deadline_s is not None:
+            raise ValueError(
+                "deadline_s applies to synchronous rounds only; remove it or set mode: sync"
+            )
+        if self.over_selection != 1.0:
+            raise ValueError(
+                "over_selection applies to synchronous rounds only; remove it or set mode: sync"
+            )
+        a = self.asynchronous
+        if a.concurrency > self.clients.num_clients:
+            raise ValueError(
+                f"asynchronous.concurrency={a.concurrency} exceeds clients.num_clients="
+                f"{self.clients.num_clients}; lower it or add clients"
+            )
+        if self.strategy.name == "fedasync" and a.buffer_size not in (None, 1):
+            raise ValueError(
+                "fedasync applies every update as it arrives; remove asynchronous.buffer_size "
+                "(or use another strategy for FedBuff-style buffering)"
+            )
 
     @property
     def num_selected(self) -> int:
@@ -348,14 +551,23 @@ class Config(_Model):
 
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
+    raw = [str(p) for p in first["loc"]]
+    workload = None
+    if len(raw) > 1 and raw[0] == "workload" and raw[1] in WORKLOAD_MODELS:
+        workload = WORKLOAD_MODELS[raw.pop(1)]  # the workload's discriminator tag
     # Drop the discriminator tags pydantic inserts into the location ("speed.lognormal.median").
-    loc = [str(p) for p in first["loc"] if p not in ("constant", "uniform", "lognormal")]
+    loc = [p for p in raw if p not in ("constant", "uniform", "lognormal")]
     key = ".".join(loc) or "<config>"
     kind, msg, value = first["type"], first["msg"], first.get("input")
     if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
+        parent = _model_at(loc[:-1], workload)
         accepted = ", ".join(parent.model_fields) if parent else "see the README"
         return f"unknown key '{key}'; accepted keys here: {accepted}"
+    if kind == "union_tag_invalid" and loc == ["workload"]:
+        return (
+            f"workload.name: unknown workload {value.get('name')!r}; use one of "
+            f"{', '.join(WORKLOAD_MODELS)}"
+        )
     if kind == "union_tag_invalid":
         return f"{key}: unknown dist {value.get('dist')!r}; use one of constant, uniform, lognormal"
     if kind == "union_tag_not_found":
@@ -366,11 +578,14 @@ def _format_error(err: ValidationError) -> str:
     return f"{key}{shown}: {msg}"
 
 
-def _model_at(path: list[str]) -> type[BaseModel] | None:
+def _model_at(path: list[str], workload: type[BaseModel] | None = None) -> type[BaseModel] | None:
     model: type[BaseModel] | None = Config
     for part in path:
         if model is None or part not in model.model_fields:
             return None
+        if model is Config and part == "workload" and workload is not None:
+            model = workload
+            continue
         ann = model.model_fields[part].annotation
         model = next(
             (

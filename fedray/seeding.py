@@ -44,7 +44,8 @@ def _hash(seed: int, purpose: str, client_ids, round_: int, stream: int) -> np.n
     ids = np.asarray(client_ids, dtype=np.uint64)
     key = _splitmix64(np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF))
     key = _splitmix64(key ^ np.uint64(purpose_code(purpose)))
-    key = _splitmix64(key ^ np.uint64(int(round_) & 0xFFFFFFFFFFFFFFFF))
+    # ``round_`` may be an array aligned with (or broadcastable to) the client ids.
+    key = _splitmix64(key ^ np.asarray(round_, dtype=np.int64).astype(np.uint64))
     key = _splitmix64(key ^ np.uint64(stream))
     return _splitmix64(ids ^ key)
 

@@ -37,6 +37,14 @@ class Workload(ABC):
     """A federated task. Subclasses are built from the ``workload`` config section and the seed."""
 
     name: str
+    # Extra metrics ``evaluate`` returns besides loss and accuracy; each becomes an ``eval_<name>``
+    # column of rounds.parquet (computed on the eval clients' test splits).
+    metric_names: tuple[str, ...] = ()
+
+    def client_statistics(self) -> dict[str, list] | None:
+        """Per-client sizes and label counts as columns (written to ``partition.parquet``), or
+        None when the partition is not materialised (e.g. data generated per client id)."""
+        return None
 
     @abstractmethod
     def num_train_samples(self, client_ids: np.ndarray) -> np.ndarray:

@@ -60,6 +60,10 @@ class WorkerPool:
         )
         self._args = worker_args
         self.actors = [self._remote.remote(*worker_args) for _ in range(num_workers)]
+        # Calls made through submit()/fetch(): ticket -> [ref, slot, args, cost, retries].
+        self._tickets: dict[int, list] = {}
+        self._outstanding = [0.0] * num_workers
+        self._next_ticket = 0
 
     @property
     def size(self) -> int:
@@ -117,6 +121,60 @@ class WorkerPool:
                 pending.insert(0, group)
                 load[slot] = 0
         return results  # type: ignore[return-value]
+
+    # -- one group at a time (asynchronous runs) ---------------------------------------------
+
+    def submit(self, params, round_: int, tasks: list[Task], mu: float, residuals=None, cost=1.0):
+        """Queue one group (never pre-summed) on the actor with the least outstanding work and
+        return a ticket for :meth:`fetch`. ``params`` is a model or a list of object refs that
+        tasks index with ``Task.model``. Calls run as soon as an actor is free, so any number of
+        groups train concurrently while the caller consumes results in its own order."""
+        cost = max(float(cost), 1e-9)  # > 0 marks a call still counted as outstanding
+        self._settle()
+        slot = int(np.argmin(self._outstanding))
+        args = (params, self._next_ticket, round_, tasks, mu, residuals, False)
+        ref = self.actors[slot].run_group.remote(*args)
+        self._tickets[self._next_ticket] = [ref, slot, args, cost, 0]
+        self._outstanding[slot] += cost
+        self._next_ticket += 1
+        return self._next_ticket - 1
+
+    def _settle(self) -> None:
+        """Stop counting finished calls as outstanding work."""
+        live = {e[0]: t for t, e in self._tickets.items() if e[3] > 0}
+        if live:
+            done, _ = ray.wait(list(live), num_returns=len(live), timeout=0)
+            for ref in done:
+                entry = self._tickets[live[ref]]
+                self._outstanding[entry[1]] -= entry[3]
+                entry[3] = 0.0
+
+    def fetch(self, ticket: int) -> GroupResult:
+        """The result of a submitted group (blocking); a dead actor is replaced and its groups
+        are resubmitted."""
+        while True:
+            ref, slot = self._tickets[ticket][:2]
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                entry = self._tickets[ticket]
+                entry[4] += 1
+                if entry[4] > _MAX_RETRIES:
+                    raise RuntimeError(f"group failed {_MAX_RETRIES} times: {err}") from err
+                log.warning("worker %d died (%s); replacing it and retrying its groups", slot, err)
+                self._resubmit(slot)
+                continue
+            entry = self._tickets.pop(ticket)
+            self._outstanding[entry[1]] -= entry[3]
+            return result
+
+    def _resubmit(self, slot: int) -> None:
+        self.actors[slot] = self._remote.remote(*self._args)
+        self._outstanding[slot] = 0.0
+        for entry in self._tickets.values():
+            if entry[1] == slot:
+                entry[0] = self.actors[slot].run_group.remote(*entry[2])
+                self._outstanding[slot] += entry[3]
 
     def _replace(self, slot: int, in_flight: dict, pending: list[int]) -> None:
         # Other calls queued on the dead actor fail too; requeue them now rather than wait.

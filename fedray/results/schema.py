@@ -42,6 +42,14 @@ ROUNDS_SCHEMA = pa.schema(
     ]
 )
 
+
+def rounds_schema(metric_names: tuple[str, ...] = ()) -> pa.Schema:
+    """``ROUNDS_SCHEMA`` plus a float64 ``eval_<name>`` column per workload-specific metric
+    (macro F1, entity F1, ...); null on rounds without evaluation."""
+    extra = [pa.field(f"eval_{name}", pa.float64()) for name in metric_names]
+    return pa.schema([*ROUNDS_SCHEMA, *extra])
+
+
 CLIENT_EVENTS_SCHEMA = pa.schema(
     [
         pa.field("round", pa.int64()),

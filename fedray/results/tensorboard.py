@@ -19,7 +19,9 @@ class TensorBoardSink:
 
         self._writer = SummaryWriter(log_dir=str(logdir))
 
-    def log_round(self, row: dict, durations: np.ndarray) -> None:
+    def log_round(
+        self, row: dict, durations: np.ndarray, staleness: np.ndarray | None = None
+    ) -> None:
         step = int(row["round"])
         sim_step = int(round(row["sim_time_s"]))
         kb_up = int(row["cum_bytes_up"] // 1000)
@@ -36,7 +38,16 @@ class TensorBoardSink:
             "comm/cum_MB_up": row["cum_bytes_up"] / 1e6,
             "comm/cum_MB_down": row["cum_bytes_down"] / 1e6,
             "comm/compression_ratio": row["compression_ratio"],
+            "async/staleness_mean": row.get("staleness_mean"),
+            "async/staleness_max": row.get("staleness_max"),
+            "async/num_stale": row.get("num_stale"),
         }
+        # workload metrics (eval_macro_f1, eval_entity_f1, ...) beyond loss and accuracy
+        scalars.update(
+            (f"eval/{key[5:]}", value)
+            for key, value in row.items()
+            if key.startswith("eval_") and key not in ("eval_loss", "eval_accuracy")
+        )
         for tag, value in scalars.items():
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 self._writer.add_scalar(tag, value, step)
@@ -47,6 +58,9 @@ class TensorBoardSink:
                 self._writer.add_scalar(f"by_kB_up/{tag}", value, kb_up)
         if len(durations):
             self._writer.add_histogram("clients/task_duration_s", durations, step)
+        if staleness is not None and len(staleness) and np.any(staleness > 0):
+            # Sync rounds have none; async runs log the staleness of every update received.
+            self._writer.add_histogram("async/staleness", staleness, step)
 
     def close(self) -> None:
         self._writer.close()

@@ -12,16 +12,18 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fedray.errors import UserError
-from fedray.results.schema import CLIENT_EVENTS_SCHEMA, ROUNDS_SCHEMA
+from fedray.results.schema import CLIENT_EVENTS_SCHEMA, rounds_schema
 
 ROUNDS_FILE = "rounds.parquet"
 CLIENTS_FILE = "client_events.parquet"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
+PARTITION_FILE = "partition.parquet"
 TB_DIR = "tb"
 
 
@@ -31,22 +33,35 @@ class TableSink:
     def __init__(self, path: Path, schema: pa.Schema, rows_per_group: int = 65536):
         self.path, self.schema, self.rows_per_group = path, schema, rows_per_group
         self._writer = pq.ParquetWriter(path, schema)
-        self._buffer: list[pa.Table] = []
+        self._buffer: list[tuple[int, dict]] = []
         self._buffered = 0
 
     def append(self, columns: dict) -> None:
-        table = pa.Table.from_pydict(
-            {f.name: columns[f.name] for f in self.schema}, schema=self.schema
-        )
-        self._buffer.append(table)
-        self._buffered += table.num_rows
+        """Buffer a batch of rows given as columns (lists or numpy arrays). A column the batch
+        leaves out (a workload metric on a round without evaluation) is null."""
+        # Batches are converted to Arrow once per row group: a table per async server step
+        # would cost more than the step itself.
+        rows = len(next(iter(columns.values())))
+        self._buffer.append((rows, columns))
+        self._buffered += rows
         if self._buffered >= self.rows_per_group:
             self.flush()
 
     def flush(self) -> None:
-        if self._buffer:
-            self._writer.write_table(pa.concat_tables(self._buffer))
-            self._buffer, self._buffered = [], 0
+        if not self._buffer:
+            return
+        arrays = []
+        for f in self.schema:
+            values: list = []
+            for rows, columns in self._buffer:
+                column = columns.get(f.name)
+                if column is None:
+                    values.extend([None] * rows)
+                else:
+                    values.extend(column.tolist() if isinstance(column, np.ndarray) else column)
+            arrays.append(pa.array(values, type=f.type))
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+        self._buffer, self._buffered = [], 0
 
     def close(self) -> None:
         self.flush()
@@ -56,7 +71,7 @@ class TableSink:
 class RunDirectory:
     """Owns ``<root>/<name>/`` for the lifetime of a run."""
 
-    def __init__(self, root: Path, name: str, overwrite: bool):
+    def __init__(self, root: Path, name: str, overwrite: bool, metric_names: tuple[str, ...] = ()):
         if not name or "/" in name or name in (".", ".."):
             raise UserError(
                 f"run name {name!r} is not a valid folder name; pass e.g. --name prox90"
@@ -78,7 +93,9 @@ class RunDirectory:
             raise UserError(
                 f"cannot create run directory {str(self.path)!r}: {err.strerror}"
             ) from None
-        self.rounds = TableSink(self.path / ROUNDS_FILE, ROUNDS_SCHEMA, rows_per_group=1024)
+        self.rounds = TableSink(
+            self.path / ROUNDS_FILE, rounds_schema(metric_names), rows_per_group=1024
+        )
         self.clients = TableSink(self.path / CLIENTS_FILE, CLIENT_EVENTS_SCHEMA)
 
     @property
@@ -88,6 +105,12 @@ class RunDirectory:
     def write_text(self, filename: str, text: str) -> None:
         tmp = self.path / f".{filename}.tmp"
         tmp.write_text(text)
+        os.replace(tmp, self.path / filename)
+
+    def write_table(self, filename: str, columns: dict) -> None:
+        """A whole Parquet table at once (e.g. ``partition.parquet``), written atomically."""
+        tmp = self.path / f".{filename}.tmp"
+        pq.write_table(pa.Table.from_pydict(columns), tmp)
         os.replace(tmp, self.path / filename)
 
     def write_summary(self, summary: dict) -> None:

@@ -26,6 +26,8 @@ class Evaluator:
         self.model = workload.build_model()
 
     def __call__(self, params: np.ndarray) -> dict[str, float]:
+        """Loss and accuracy on the test and train splits, plus ``eval_<name>`` for each of the
+        workload's ``metric_names`` (test split only; the columns ``rounds_schema`` adds)."""
         load_flat_params(self.model, params)
         test = self.workload.evaluate(self.model, self.x_test, self.y_test)
         train = self.workload.evaluate(self.model, self.x_train, self.y_train)
@@ -34,6 +36,7 @@ class Evaluator:
             "eval_accuracy": test["accuracy"],
             "global_train_loss": train["loss"],
             "global_train_accuracy": train["accuracy"],
+            **{f"eval_{name}": float(test[name]) for name in self.workload.metric_names},
         }
 
 

@@ -21,14 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
-from fedray import seeding
 from fedray.clients.profiles import ProfileModel
-from fedray.clients.state_store import ClientStateStore
-from fedray.compression import make_codec
 from fedray.config import Config
 from fedray.execution.pool import WorkerPool
 from fedray.execution.worker import Task
 from fedray.sim.evaluation import Evaluator, initial_params
+from fedray.sim.links import Links, close_residual_store
 from fedray.sim.round_plan import DROPPED, PARTIAL, STRAGGLER, RoundPlan, plan_round
 from fedray.sim.selection import select_clients
 from fedray.strategies import ServerState, make_strategy
@@ -88,34 +86,13 @@ class SyncDriver:
         self.strategy = make_strategy(cfg.strategy)
         params = initial_params(workload, cfg.seed)
         self.state = DriverState(server=self.strategy.init(params))
-        self.segments = tuple(p.numel() for p in workload.build_model().parameters())
-        self.uplink = make_codec(cfg.compression.uplink)
-        self.downlink = make_codec(cfg.compression.downlink)
-        zeros = np.zeros_like(params)
-        raw = make_codec("none")
-        self.raw_bytes = len(raw.encode(zeros, self.segments, None))
-        self.update_bytes = len(
-            self.uplink.encode(zeros, self.segments, seeding.generator(0, "size"))
-        )
+        segments = tuple(p.numel() for p in workload.build_model().parameters())
+        self.links = Links(cfg, segments, params.size)
         self.state_dir = state_dir
-        self.residuals = (
-            ClientStateStore(cfg.execution.client_state_mb * 2**20, state_dir)
-            if self.uplink.uses_error_feedback
-            else None
-        )
+        self.residuals = self.links.residual_store(cfg.execution.client_state_mb, state_dir)
 
     def close(self) -> None:
-        if self.residuals is not None:
-            self.residuals.close()  # deletes its spill files
-            if self.state_dir is not None and self.state_dir.is_dir():
-                self.state_dir.rmdir()
-
-    def broadcast(self, round_: int) -> tuple[np.ndarray, int]:
-        """The model clients start from this round (as decoded from the downlink payload) and
-        the payload's length."""
-        rng = seeding.generator(self.cfg.seed, "downlink", 0, round_)
-        payload = self.downlink.encode(self.state.server.params, self.segments, rng)
-        return self.downlink.decode(payload, self.segments), len(payload)
+        close_residual_store(self.residuals, self.state_dir)
 
     def run(self) -> DriverState:
         wall_start = time.perf_counter()
@@ -134,7 +111,7 @@ class SyncDriver:
             profiles=self.profiles,
         )
         num_samples = self.workload.num_train_samples(cohort)
-        start_params, model_bytes = self.broadcast(round_)
+        start_params, model_bytes = self.links.broadcast(state.server.params, round_)
         plan = plan_round(
             seed=cfg.seed,
             round_=round_,
@@ -143,7 +120,7 @@ class SyncDriver:
             num_samples=num_samples,
             local_epochs=cfg.client.local_epochs,
             model_bytes=model_bytes,
-            update_bytes=self.update_bytes,
+            update_bytes=self.links.update_bytes,
             clients_per_round=cfg.clients_per_round,
             deadline_s=cfg.deadline_s,
             policy=cfg.stragglers,
@@ -176,11 +153,7 @@ class SyncDriver:
                 weight_sum += result.weight_sum
                 for cid, loss in zip(result.client_ids, result.train_loss, strict=True):
                     losses[position[int(cid)]] = loss
-                if np.any(result.bytes_up != self.update_bytes):
-                    raise RuntimeError(
-                        f"{self.uplink.name} produced {sorted(set(result.bytes_up))} bytes, "
-                        f"planned {self.update_bytes}: codec sizes must not depend on the data"
-                    )
+                self.links.check_uploads(result.bytes_up)
                 if self.residuals is not None:
                     for cid, residual in sorted(result.residuals.items()):
                         self.residuals.put(cid, residual)
@@ -197,8 +170,8 @@ class SyncDriver:
         state.sim_time_s += plan.duration_s
         state.round = round_
         bytes_up, bytes_down = int(plan.bytes_up.sum()), int(plan.bytes_down.sum())
-        bytes_up_raw = int(plan.accepted.sum()) * self.raw_bytes
-        bytes_down_raw = int(np.round(plan.bytes_down * (self.raw_bytes / model_bytes)).sum())
+        bytes_up_raw = int(plan.accepted.sum()) * self.links.raw_bytes
+        bytes_down_raw = int(np.round(plan.bytes_down * (self.links.raw_bytes / model_bytes)).sum())
         state.cum_bytes_up += bytes_up
         state.cum_bytes_down += bytes_down
 

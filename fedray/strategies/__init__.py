@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from fedray.strategies.base import ServerState
+from fedray.strategies.fedasync import FedAsync
 from fedray.strategies.fedavg import FedAvg
 from fedray.strategies.fedavgm import FedAvgM
 from fedray.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
 from fedray.strategies.fedprox import FedProx
 from fedray.strategies.robust import RobustAggregation
+from fedray.strategies.staleness import StalenessWeight
 
 _FEDOPT = {"fedadagrad": FedAdagrad, "fedadam": FedAdam, "fedyogi": FedYogi}
 
 
-def make_strategy(cfg):
+def staleness_weight(async_cfg) -> StalenessWeight:
+    """s(τ) as configured in :class:`fedray.config.AsyncConfig`."""
+    return StalenessWeight(async_cfg.staleness, async_cfg.staleness_a, async_cfg.staleness_b)
+
+
+def make_strategy(cfg, async_cfg=None):
     """Build the strategy named by a :class:`fedray.config.StrategyConfig`."""
     options = {k: v for k, v in cfg.model_dump(exclude={"name"}).items() if v is not None}
     if cfg.name == "fedavg":
@@ -25,17 +32,24 @@ def make_strategy(cfg):
         return _FEDOPT[cfg.name](**options)
     if cfg.name == "robust":
         return RobustAggregation(**options)
+    if cfg.name == "fedasync":
+        options.pop("server_lr", None)  # FedAsync's step size is alpha
+        weight = staleness_weight(async_cfg) if async_cfg is not None else StalenessWeight()
+        return FedAsync(staleness=weight, **options)
     raise ValueError(f"unknown strategy {cfg.name!r}")
 
 
 __all__ = [
     "FedAdagrad",
     "FedAdam",
+    "FedAsync",
     "FedAvg",
     "FedAvgM",
     "FedProx",
     "FedYogi",
     "RobustAggregation",
     "ServerState",
+    "StalenessWeight",
     "make_strategy",
+    "staleness_weight",
 ]

@@ -1,0 +1,376 @@
+"""The asynchronous driver: ``concurrency`` clients always in flight, consumed in virtual-time order.
+
+At virtual time 0 the driver dispatches C clients. Each dispatch fixes everything about the task
+before any training happens: which client (a seeded draw among the available clients not already
+in flight), the model version it starts from, and — from the cost model — when it arrives or drops
+out. Arrivals are therefore popped from an event queue in virtual-time order (ties by dispatch
+number), and every pop frees a slot that is refilled at that same simulated instant with the model
+current at that instant.
+
+Training runs ahead of consumption. A client's result depends only on its start model, its
+client id and its dispatch number (which keys its shuffling and codec draws), so dispatched clients
+are batched into groups of ``execution.clients_per_task`` and submitted to the pool at once; all
+in-flight clients train concurrently while the driver waits only for the one it needs next. A
+group may mix model versions (each task names its start model), so even FedAsync, whose model
+changes at every arrival, keeps the actors fed with whole groups. Which clients share a group
+never changes a result, so tables are identical for any number of workers.
+
+Server side, per arrival with staleness τ = (server version now) − (version at dispatch):
+
+* ``max_staleness`` — an update older than that is discarded (status ``stale``);
+* FedAsync (``strategy.name: fedasync``) mixes the client's model in at once;
+* otherwise FedBuff: the staleness-weighted update joins a buffer, and every ``buffer_size``
+  arrivals the configured strategy takes one server step.
+
+Each server step is one row of ``rounds.parquet``; client events are written with the row during
+whose window they resolved. Clients still in flight when the last step is taken are not recorded.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+
+from fedray.clients.profiles import ProfileModel
+from fedray.config import Config
+from fedray.execution.pool import WorkerPool
+from fedray.execution.worker import GroupResult, Task
+from fedray.sim.dispatch import DispatchPlanner
+from fedray.sim.evaluation import Evaluator, initial_params
+from fedray.sim.links import Links, close_residual_store
+from fedray.sim.round_plan import COMPLETED, DROPPED
+from fedray.sim.sync_driver import DriverState, enough_updates
+from fedray.strategies import FedAsync, make_strategy, staleness_weight
+from fedray.strategies.fedbuff import UpdateBuffer
+from fedray.workloads import Workload
+
+STALE = "stale"
+_INLINE_BYTES = 64 * 1024
+
+
+@dataclass
+class InFlight:
+    """One dispatched client task, everything about it fixed at dispatch."""
+
+    seq: int  # dispatch number: keys the client's shuffling, codec and dropout draws
+    client_id: int
+    version: int  # model version it starts from
+    dispatch_s: float
+    finish_s: float  # arrival, or the instant it drops out
+    dropped: bool
+    download_s: float
+    compute_s: float
+    upload_s: float
+    num_samples: int
+    local_epochs: int
+    bytes_down: int
+    ticket: int | None = None  # pool ticket of the group it trains in; None until submitted
+    row: int = 0  # its row in that group's result
+
+
+@dataclass
+class _Version:
+    """A model version clients were dispatched with, kept while any of them is in flight."""
+
+    params: np.ndarray  # the decoded broadcast clients start from
+    payload_bytes: int
+    users: int = 0
+    ref: ray.ObjectRef | None = None  # put in the object store at first use, if large
+
+    def handle(self) -> ray.ObjectRef | np.ndarray:
+        # A small model travels inside the call (Ray inlines small arguments anyway, and a put
+        # per version costs ~1 ms); a large one goes into the object store once per version.
+        if self.params.nbytes <= _INLINE_BYTES:
+            return self.params
+        if self.ref is None:
+            self.ref = ray.put(self.params)
+        return self.ref
+
+
+@dataclass
+class _Window:
+    """Everything that happened since the previous server step (one row's worth)."""
+
+    start_s: float = 0.0
+    dispatched: int = 0
+    bytes_down: int = 0
+    bytes_down_raw: int = 0
+    events: list[dict] = field(default_factory=list)
+
+
+class AsyncDriver:
+    def __init__(
+        self,
+        cfg: Config,
+        workload: Workload,
+        profiles: ProfileModel,
+        pool: WorkerPool,
+        evaluator: Evaluator,
+        recorder: Callable[..., None],
+        state_dir=None,
+    ):
+        self.cfg = cfg
+        self.workload = workload
+        self.profiles = profiles
+        self.pool = pool
+        self.evaluate = evaluator
+        self.record = recorder
+        acfg = cfg.asynchronous
+        self.strategy = make_strategy(cfg.strategy, acfg)
+        self.fedasync = isinstance(self.strategy, FedAsync)
+        self.buffer = (
+            None
+            if self.fedasync
+            else UpdateBuffer(
+                size=acfg.buffer_size or 10,
+                staleness=staleness_weight(acfg),
+                keep_rows=not self.strategy.linear,
+            )
+        )
+        params = initial_params(workload, cfg.seed)
+        self.state = DriverState(server=self.strategy.init(params))
+        segments = tuple(p.numel() for p in workload.build_model().parameters())
+        self.links = Links(cfg, segments, params.size)
+        self.state_dir = state_dir
+        self.residuals = self.links.residual_store(cfg.execution.client_state_mb, state_dir)
+        self.planner = DispatchPlanner(
+            seed=cfg.seed,
+            num_clients=cfg.clients.num_clients,
+            profiles=profiles,
+            num_train_samples=workload.num_train_samples,
+            local_epochs=cfg.client.local_epochs,
+            update_bytes=self.links.update_bytes,
+        )
+
+        self._events: list[tuple[float, int]] = []  # (finish_s, seq) heap
+        self._in_flight: dict[int, InFlight] = {}  # seq -> task
+        self._busy: set[int] = set()  # client ids in flight
+        self._pending: list[InFlight] = []  # dispatched, not yet submitted to the pool
+        self._groups: dict[int, list] = {}  # ticket -> [GroupResult | None, unconsumed tasks]
+        self._versions: dict[int, _Version] = {}
+        self._next_seq = 0
+        self._window = _Window()
+        self._aggregated: list[tuple[int, float, int]] = []  # (staleness, loss, samples)
+
+    def close(self) -> None:
+        close_residual_store(self.residuals, self.state_dir)
+
+    # ------------------------------------------------------------------ the event loop
+
+    def run(self) -> DriverState:
+        wall_start = time.perf_counter()
+        for _ in range(self.cfg.asynchronous.concurrency):
+            self._dispatch(0.0)
+        while self.state.round < self.cfg.rounds:
+            finish_s, seq = heapq.heappop(self._events)
+            task = self._in_flight.pop(seq)
+            self._busy.discard(task.client_id)
+            self.state.sim_time_s = finish_s
+            if task.dropped:
+                self._resolve(task, DROPPED)
+            else:
+                self._arrive(task, wall_start)
+            self._release(task.version)
+            if self.state.round < self.cfg.rounds:
+                self._dispatch(finish_s)
+        return self.state
+
+    def _arrive(self, task: InFlight, wall_start: float) -> None:
+        result = self._result_of(task)
+        update = result.updates[task.row]
+        loss = float(result.train_loss[task.row])
+        self.links.check_uploads(result.bytes_up[task.row : task.row + 1])
+        if self.residuals is not None and task.client_id in result.residuals:
+            # The client keeps its residual whether or not the server uses the update.
+            self.residuals.put(task.client_id, result.residuals[task.client_id])
+        state = self.state
+        staleness = state.server.version - task.version
+        max_staleness = self.cfg.asynchronous.max_staleness
+        if max_staleness is not None and staleness > max_staleness:
+            self._resolve(task, STALE, staleness=staleness, loss=loss)
+            return
+        self._resolve(task, COMPLETED, staleness=staleness, loss=loss)
+        self._aggregated.append((staleness, loss, task.num_samples))
+        if self.fedasync:
+            client_model = self._versions[task.version].params + update
+            state.server = self.strategy.mix(state.server, client_model, staleness)
+            self._step_taken(wall_start)
+            return
+        self.buffer.add(update, staleness)
+        if self.buffer.full:
+            total, weight = self.buffer.drain()
+            if self.strategy.linear:
+                state.server = self.strategy.apply(state.server, total, weight)
+            elif enough_updates(self.strategy, len(total)):
+                state.server = self.strategy.aggregate(state.server, total, weight)
+            self._step_taken(wall_start)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self, now: float) -> None:
+        seq = self._next_seq
+        self._next_seq += 1
+        version = self._current_version()
+        plan = self.planner.next(seq, self._busy, version.payload_bytes)
+        task = InFlight(
+            seq=seq,
+            client_id=plan.client_id,
+            version=self.state.server.version,
+            dispatch_s=now,
+            finish_s=now + plan.duration_s,
+            dropped=plan.dropped,
+            download_s=plan.download_s,
+            compute_s=plan.compute_s,
+            upload_s=plan.upload_s,
+            num_samples=plan.num_samples,
+            local_epochs=plan.local_epochs,
+            bytes_down=plan.bytes_down,
+        )
+        version.users += 1
+        self._in_flight[seq] = task
+        self._busy.add(task.client_id)
+        heapq.heappush(self._events, (task.finish_s, seq))
+        window = self._window
+        window.dispatched += 1
+        window.bytes_down += task.bytes_down
+        window.bytes_down_raw += int(
+            round(task.bytes_down * self.links.raw_bytes / version.payload_bytes)
+        )
+        if not task.dropped:  # compute for clients that will drop out is never spent
+            self._pending.append(task)
+            if len(self._pending) >= self.cfg.execution.clients_per_task:
+                self._submit_pending()
+
+    def _current_version(self) -> _Version:
+        v = self.state.server.version
+        if v not in self._versions:
+            params, nbytes = self.links.broadcast(self.state.server.params, v)
+            self._versions[v] = _Version(params, nbytes)
+        return self._versions[v]
+
+    def _release(self, version: int) -> None:
+        entry = self._versions[version]
+        entry.users -= 1
+        if entry.users == 0 and version != self.state.server.version:
+            del self._versions[version]
+
+    # ------------------------------------------------------------------ training on the pool
+
+    def _submit_pending(self) -> None:
+        tasks, self._pending = self._pending, []
+        versions = list(dict.fromkeys(t.version for t in tasks))  # first-appearance order
+        index = {v: i for i, v in enumerate(versions)}
+        group = [
+            Task(t.client_id, t.local_epochs, round=t.seq, model=index[t.version]) for t in tasks
+        ]
+        residuals = None
+        if self.residuals is not None:
+            residuals = {
+                t.client_id: r for t in tasks if (r := self.residuals.get(t.client_id)) is not None
+            }
+        ticket = self.pool.submit(
+            [self._versions[v].handle() for v in versions],
+            0,
+            group,
+            self.strategy.client_mu,
+            residuals,
+            cost=float(sum(t.num_samples * t.local_epochs for t in tasks)),
+        )
+        for row, t in enumerate(tasks):
+            t.ticket, t.row = ticket, row
+        self._groups[ticket] = [None, len(tasks)]
+
+    def _result_of(self, task: InFlight) -> GroupResult:
+        if task.ticket is None:  # the earliest arrival is still waiting for a full group
+            self._submit_pending()
+        entry = self._groups[task.ticket]
+        if entry[0] is None:
+            entry[0] = self.pool.fetch(task.ticket)
+        result = entry[0]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._groups[task.ticket]
+        return result
+
+    # ------------------------------------------------------------------ recording
+
+    def _resolve(self, task: InFlight, status: str, staleness: int = -1, loss=np.nan) -> None:
+        arrived = status != DROPPED
+        self._window.events.append(
+            {
+                "client_id": task.client_id,
+                "status": status,
+                "model_version": task.version,
+                "staleness": staleness,
+                "dispatch_time_s": task.dispatch_s,
+                "finish_time_s": task.finish_s,
+                "download_s": task.download_s,
+                "compute_s": task.compute_s,
+                "upload_s": task.upload_s,
+                "num_samples": task.num_samples,
+                "local_epochs": task.local_epochs,
+                "bytes_up": self.links.update_bytes if arrived else 0,
+                "bytes_down": task.bytes_down,
+                "train_loss": loss,
+            }
+        )
+
+    def _step_taken(self, wall_start: float) -> None:
+        cfg, state, window = self.cfg, self.state, self._window
+        state.round += 1
+        events = {k: np.array([e[k] for e in window.events]) for k in window.events[0]}
+        status = events["status"]
+        arrived = status != DROPPED
+        bytes_up = int(events["bytes_up"].sum())
+        bytes_up_raw = int(arrived.sum()) * self.links.raw_bytes
+        state.cum_bytes_up += bytes_up
+        state.cum_bytes_down += window.bytes_down
+        stale, losses, samples = (np.array(c) for c in zip(*self._aggregated, strict=True))
+        metrics = {
+            "eval_loss": np.nan,
+            "eval_accuracy": np.nan,
+            "global_train_loss": np.nan,
+            "global_train_accuracy": np.nan,
+        }
+        if state.round % cfg.eval_every == 0 or state.round == cfg.rounds:
+            metrics = self.evaluate(state.server.params)
+        row = {
+            "round": state.round,
+            "sim_time_s": state.sim_time_s,
+            "round_duration_s": state.sim_time_s - window.start_s,
+            "wall_time_s": time.perf_counter() - wall_start,
+            "model_version": state.server.version,
+            "num_selected": window.dispatched,
+            "num_completed": len(stale),
+            "num_partial": 0,
+            "num_dropped": int((status == DROPPED).sum()),
+            "num_stragglers": 0,
+            "num_stale": int((status == STALE).sum()),
+            "num_aggregated": len(stale),
+            "staleness_mean": float(stale.mean()),
+            "staleness_max": int(stale.max()),
+            "bytes_up": bytes_up,
+            "bytes_down": window.bytes_down,
+            "bytes_up_raw": bytes_up_raw,
+            "bytes_down_raw": window.bytes_down_raw,
+            "compression_ratio": bytes_up_raw / bytes_up if bytes_up else np.nan,
+            "cum_bytes_up": state.cum_bytes_up,
+            "cum_bytes_down": state.cum_bytes_down,
+            "train_loss": float(np.average(losses, weights=samples))
+            if samples.sum() > 0
+            else np.nan,
+            **metrics,
+        }
+        events["round"] = np.full(len(status), state.round, dtype=np.int64)
+        durations = (
+            events["finish_time_s"][status == COMPLETED]
+            - events["dispatch_time_s"][status == COMPLETED]
+        )
+        self.record(row, events, durations)
+        self._window = _Window(start_s=state.sim_time_s)
+        self._aggregated = []

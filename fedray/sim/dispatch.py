@@ -1,0 +1,132 @@
+"""Planning asynchronous dispatches in vectorised blocks.
+
+The n-th dispatch of an async run picks its client from a seeded stream of candidates — the j-th
+candidate is ⌊N · u(seed, "async.select", j, n)⌋ — taking the first one online for that dispatch
+(availability drawn from (seed, client, n)) and not already in flight. Everything else about the
+task follows from the chosen client and n alone: its sample count, its phase times from the cost
+model, whether and when it drops out. None of it depends on the model, so the first few
+candidates of the next ``block`` dispatch numbers are planned together with one vectorised call
+per quantity; only the busy-check is per dispatch. A dispatch whose first candidates are all busy
+or offline falls back to drawing further along the same stream one client at a time, so the
+choice never depends on the block size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedray import seeding
+from fedray.clients.profiles import ProfileModel
+from fedray.sim.round_plan import DROPPED, RoundPlan, plan_round
+from fedray.sim.selection import is_available
+
+_SLOW_DRAWS = 32
+_MAX_DRAWS = 1 << 20
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    client_id: int
+    dropped: bool
+    duration_s: float  # to arrival, or to the drop
+    download_s: float
+    compute_s: float
+    upload_s: float
+    num_samples: int
+    local_epochs: int
+    bytes_down: int
+
+
+class DispatchPlanner:
+    def __init__(
+        self,
+        *,
+        seed: int,
+        num_clients: int,
+        profiles: ProfileModel,
+        num_train_samples,
+        local_epochs: int,
+        update_bytes: int,
+        block: int = 256,
+        candidates: int = 4,
+    ):
+        self.seed, self.n = seed, num_clients
+        self.profiles = profiles
+        self.num_train_samples = num_train_samples
+        self.local_epochs = local_epochs
+        self.update_bytes = update_bytes
+        self.block, self.width = block, candidates
+        self._cached: tuple | None = None  # (block index, model bytes, candidates, online, plan)
+
+    def next(self, seq: int, busy: set[int], model_bytes: int) -> DispatchPlan:
+        """The plan of dispatch number ``seq`` given the clients now in flight."""
+        b, row = divmod(seq, self.block)
+        if self._cached is None or self._cached[:2] != (b, model_bytes):
+            self._cached = (b, model_bytes, *self._plan_block(b, model_bytes))
+        _, _, cands, online, plan = self._cached
+        for j in range(self.width):
+            cid = int(cands[row, j])
+            if online[row, j] and cid not in busy:
+                return _extract(plan, row * self.width + j)
+        cid = self._draw_further(seq, busy)
+        return _extract(self._plan(np.array([cid]), np.array([seq]), model_bytes), 0)
+
+    def _candidates(self, draws: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+        u = seeding.uniform(self.seed, "async.select", draws, seqs)
+        return np.minimum((u * self.n).astype(np.int64), self.n - 1)
+
+    def _plan_block(self, b: int, model_bytes: int):
+        seqs = np.arange(b * self.block, (b + 1) * self.block, dtype=np.int64)[:, None]
+        cands = self._candidates(np.arange(self.width)[None, :], seqs)
+        keys = np.broadcast_to(seqs, cands.shape)
+        online = is_available(self.profiles, self.seed, cands.ravel(), keys.ravel())
+        plan = self._plan(cands.ravel(), keys.ravel(), model_bytes)
+        return cands, online.reshape(cands.shape), plan
+
+    def _plan(self, ids: np.ndarray, seqs: np.ndarray, model_bytes: int):
+        # With "wait" and room for everyone, each client's plan is independent of the others.
+        num_samples = self.num_train_samples(ids)
+        plan = plan_round(
+            seed=self.seed,
+            round_=seqs,
+            client_ids=ids,
+            profiles=self.profiles.lookup(ids),
+            num_samples=num_samples,
+            local_epochs=self.local_epochs,
+            model_bytes=model_bytes,
+            update_bytes=self.update_bytes,
+            clients_per_round=len(ids),
+            deadline_s=None,
+            policy="wait",
+        )
+        return plan, num_samples
+
+    def _draw_further(self, seq: int, busy: set[int]) -> int:
+        seqs = np.array([seq])
+        for start in range(self.width, _MAX_DRAWS, _SLOW_DRAWS):
+            cands = self._candidates(np.arange(start, start + _SLOW_DRAWS), seqs)
+            online = is_available(self.profiles, self.seed, cands, seq)
+            for cid, ok in zip(cands.tolist(), online.tolist(), strict=True):
+                if ok and cid not in busy:
+                    return cid
+        raise RuntimeError(
+            f"no available client found for dispatch {seq} after {_MAX_DRAWS} draws; raise the "
+            "profile's availability or lower asynchronous.concurrency"
+        )
+
+
+def _extract(planned: tuple[RoundPlan, np.ndarray], i: int) -> DispatchPlan:
+    plan, num_samples = planned
+    return DispatchPlan(
+        client_id=int(plan.client_ids[i]),
+        dropped=plan.status[i] == DROPPED,
+        duration_s=float(plan.finish_s[i]),
+        download_s=float(plan.times.download_s[i]),
+        compute_s=float(plan.times.compute_s[i]),
+        upload_s=float(plan.times.upload_s[i]),
+        num_samples=int(num_samples[i]),
+        local_epochs=int(plan.local_epochs[i]),
+        bytes_down=int(plan.bytes_down[i]),
+    )

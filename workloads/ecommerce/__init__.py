@@ -1,0 +1,1 @@
+"""E-commerce federated workloads over a seeded multi-platform world (issue #5)."""

@@ -299,11 +299,32 @@ class EcomNerConfig(_EcomTaskConfig):
     name: Literal["ecom_ner"]
 
 
+class EcomLmConfig(_EcomTaskConfig):
+    """Causal LM over product text (tiny transformer); ``lora_rank`` trains and sends adapters only."""
+
+    name: Literal["ecom_lm"]
+    embed_dim: int = Field(default=128, ge=1, le=4096)  # d_model
+    hidden: int = Field(default=256, ge=1, le=16384)  # feed-forward width
+    max_len: int = Field(default=40, ge=2, le=4096)
+    num_layers: int = Field(default=2, ge=1, le=48)
+    num_heads: int = Field(default=4, ge=1, le=64)
+    lora_rank: int | None = Field(default=None, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim={self.embed_dim} must be a multiple of num_heads={self.num_heads}"
+            )
+        return self
+
+
 WORKLOAD_MODELS: dict[str, type[_Model]] = {
     "synthetic": SyntheticWorkloadConfig,
     "ecom_intent": EcomIntentConfig,
     "ecom_relation": EcomRelationConfig,
     "ecom_ner": EcomNerConfig,
+    "ecom_lm": EcomLmConfig,
 }
 
 
@@ -315,7 +336,7 @@ def _default_workload_name(data: Any) -> Any:
 
 
 WorkloadConfig = Annotated[
-    SyntheticWorkloadConfig | EcomIntentConfig | EcomRelationConfig | EcomNerConfig,
+    SyntheticWorkloadConfig | EcomIntentConfig | EcomRelationConfig | EcomNerConfig | EcomLmConfig,
     BeforeValidator(_default_workload_name),
     Field(discriminator="name"),
 ]
@@ -501,7 +522,7 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        if self.clients_per_round > self.clients.num_clients:
+        if self.mode == "sync" and self.clients_per_round > self.clients.num_clients:
             raise ValueError(
                 f"clients_per_round={self.clients_per_round} exceeds "
                 f"clients.num_clients={self.clients.num_clients}; lower it or add clients"

@@ -50,6 +50,7 @@ class StudySpec(BaseModel):
     base: Path
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
     plots: PlotSpec = PlotSpec()
+    target_accuracy: float | None = Field(default=None, gt=0, le=1)
 
 
 def read_spec(path: str | Path, model: type[BaseModel], kind: str) -> BaseModel:
@@ -114,8 +115,34 @@ def run_study(
     study_dir = next(iter(configs.values())).output.root
     table = pd.concat(frames, ignore_index=True)
     table.to_parquet(study_dir / "study.parquet", index=False)
-    _plot(table, spec.plots, study_dir)
+    if spec.target_accuracy is not None:
+        time_to_target(table, spec.target_accuracy).to_csv(
+            study_dir / "time_to_target.csv", index=False
+        )
+    _plot(table, spec.plots, study_dir, spec.target_accuracy)
     return study_dir
+
+
+def time_to_target(table, target: float):
+    """Per variant: the first evaluated row with ``eval_accuracy >= target`` — its simulated
+    time, round and uploaded bytes (NaN where the target was never reached)."""
+    import pandas as pd
+
+    rows = []
+    for variant, runs in table.groupby("variant", sort=False):
+        reached = runs[runs.eval_accuracy >= target]
+        first = reached.iloc[0] if len(reached) else None
+        rows.append(
+            {
+                "variant": variant,
+                "target_accuracy": target,
+                "sim_time_s": first.sim_time_s if first is not None else float("nan"),
+                "round": first["round"] if first is not None else None,
+                "cum_bytes_up": first.cum_bytes_up if first is not None else None,
+                "final_accuracy": runs.eval_accuracy.dropna().iloc[-1],
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def finished_run(run_dir: Path, cfg) -> bool:
@@ -143,7 +170,7 @@ def _run_variant(variant: str, cfg, progress: bool, verbose: bool):
     return Result.from_path(run_dir).rounds.assign(variant=variant)
 
 
-def _plot(table, plots: PlotSpec, out: Path) -> None:
+def _plot(table, plots: PlotSpec, out: Path, target: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
@@ -158,6 +185,8 @@ def _plot(table, plots: PlotSpec, out: Path) -> None:
         for i, (variant, rows) in enumerate(table.groupby("variant", sort=False)):
             rows = rows.dropna(subset=[plots.y])
             ax.plot(rows[x] * scale, rows[plots.y], label=variant, color=colors[i % len(colors)])
+        if target is not None and plots.y == "eval_accuracy":
+            ax.axhline(target, color="grey", linestyle=":", linewidth=1, label="target")
         if x.startswith("cum_bytes"):
             ax.set_xscale("log")
         ax.set_xlabel(label)

@@ -38,6 +38,7 @@ import ray
 
 from fedray.clients.profiles import ProfileModel
 from fedray.config import Config
+from fedray.errors import UserError
 from fedray.execution.pool import WorkerPool
 from fedray.execution.worker import GroupResult, Task
 from fedray.sim.dispatch import DispatchPlanner
@@ -123,11 +124,12 @@ class AsyncDriver:
         acfg = cfg.asynchronous
         self.strategy = make_strategy(cfg.strategy, acfg)
         self.fedasync = isinstance(self.strategy, FedAsync)
+        self.buffer_size = 1 if self.fedasync else (acfg.buffer_size or 10)
         self.buffer = (
             None
             if self.fedasync
             else UpdateBuffer(
-                size=acfg.buffer_size or 10,
+                size=self.buffer_size,
                 staleness=staleness_weight(acfg),
                 keep_rows=not self.strategy.linear,
             )
@@ -166,7 +168,17 @@ class AsyncDriver:
         wall_start = time.perf_counter()
         for _ in range(self.cfg.asynchronous.concurrency):
             self._dispatch(0.0)
+        # A population where (nearly) everyone drops out would never take a step; stop instead.
+        patience = max(10_000, 100 * self.cfg.asynchronous.concurrency * (self.buffer_size or 1))
+        last_step = (0, 0)  # (round, dispatch number) at the last server step
         while self.state.round < self.cfg.rounds:
+            if self.state.round != last_step[0]:
+                last_step = (self.state.round, self._next_seq)
+            elif self._next_seq - last_step[1] > patience:
+                raise UserError(
+                    f"no server update in {patience} dispatches: nearly every client drops out or "
+                    "is too stale; lower clients.profile.dropout or raise asynchronous.max_staleness"
+                )
             finish_s, seq = heapq.heappop(self._events)
             task = self._in_flight.pop(seq)
             self._busy.discard(task.client_id)

@@ -5,7 +5,8 @@
     fedray sweep SWEEP [--set key=value ...] [--out DIR] [--resume] [--address HOST:PORT]
     fedray validate CONFIG [--set key=value ...]
 
-User errors (bad config, file or argument) print one line and exit with code 2.
+User errors (bad config, file or argument) print one line and exit with code 2; a sweep whose
+trials did not all complete exits with code 1 (each trial's error is in sweep.parquet).
 """
 
 from __future__ import annotations

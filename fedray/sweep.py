@@ -301,6 +301,11 @@ def run_sweep(
     spec = load_sweep(path)
     trials = expand(spec, root=root, extra=extra)
     sweep_dir = trials[0].cfg.output.root
+    ray_cfg = trials[0].cfg.model_copy(deep=True)  # how to start or reach Ray
+    for trial in trials:
+        # Where a trial runs is not part of what it is (inside Tune, Ray is already up), so a
+        # sweep resumed on another cluster keeps its finished trials.
+        trial.cfg.execution.address = None
     if not resume and any((sweep_dir / t.name).exists() for t in trials):
         raise UserError(
             f"sweep directory {str(sweep_dir)!r} already holds trials; pass --resume to "
@@ -313,10 +318,13 @@ def run_sweep(
 
     import ray
 
-    from fedray.api import start_ray
+    from fedray.api import check_address, start_ray
 
     errors: dict[str, str] = {}
-    owns_ray = start_ray(trials[0].cfg, verbose) if pending else False
+    address = ray_cfg.execution.address
+    if pending and address and not ray.is_initialized():
+        check_address(address)  # ray.init would retry an unreachable address for minutes
+    owns_ray = start_ray(ray_cfg, verbose) if pending else False
     try:
         if pending:
             check_fits(pending, [n["Resources"] for n in ray.nodes() if n["Alive"]])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -189,6 +191,17 @@ def test_cli_bad_sweep_exits_2_without_traceback(tmp_path, capsys):
     assert err.count("\n") == 1 and "not valid YAML" in err and "Traceback" not in err
     assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_cli_unreachable_address_fails_fast(tmp_path):
+    # A fresh process: Ray must not be initialised already, as it is in this test session.
+    path = write_sweep(tmp_path, grid={"seed": [1]})
+    cmd = [sys.executable, "-m", "fedray.cli", "sweep", str(path), "--out", str(tmp_path / "r")]
+    proc = subprocess.run(
+        cmd + ["--address", "127.0.0.1:9"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and "no Ray cluster answers at '127.0.0.1:9'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
 
 
 # --------------------------------------------------------------------------- a real sweep

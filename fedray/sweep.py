@@ -115,8 +115,6 @@ def _slug(value: Any) -> str:
         return "-".join(_slug(v) for v in value.values())
     if isinstance(value, list | tuple):
         return "-".join(_slug(v) for v in value)
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 1e4:
-        return f"{value:.0e}".replace("+0", "").replace("+", "")
     return str(value)
 
 

@@ -351,6 +351,7 @@ _STRATEGY_OPTIONS = {
     "fedyogi": {"beta1", "beta2", "tau", "initial_accumulator", "bias_correction"},
     "robust": {"rule", "beta", "f", "m"},
     "fedasync": {"alpha"},
+    "scaffold": set(),
 }
 _FEDOPT = ("fedadagrad", "fedadam", "fedyogi")
 
@@ -361,7 +362,15 @@ class StrategyConfig(_Model):
     steps move every coordinate by about η."""
 
     name: Literal[
-        "fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "robust", "fedasync"
+        "fedavg",
+        "fedprox",
+        "fedavgm",
+        "fedadagrad",
+        "fedadam",
+        "fedyogi",
+        "robust",
+        "fedasync",
+        "scaffold",
     ] = "fedavg"
     server_lr: float | None = Field(default=None, gt=0)
     mu: float | None = Field(default=None, ge=0, description="FedProx proximal coefficient")
@@ -411,6 +420,8 @@ class AsyncConfig(_Model):
     of that strategy (FedBuff). Updates are weighted by ``staleness`` s(τ): ``constant``,
     ``polynomial`` (τ+1)^-a or ``hinge`` (1 up to b, then 1/(a(τ−b)+1)); the default is FedBuff's
     1/sqrt(1+τ). Updates older than ``max_staleness`` versions are discarded (status ``stale``).
+    FedBuff averages a buffer by sample count (``weighting: samples``, like sync FedAvg) or
+    uniformly (``uniform``, as in the FedBuff paper).
     """
 
     concurrency: int = Field(default=10, ge=1)
@@ -419,6 +430,7 @@ class AsyncConfig(_Model):
     staleness_a: float = Field(default=0.5, ge=0)
     staleness_b: float = Field(default=4.0, ge=0)
     max_staleness: int | None = Field(default=None, ge=0)
+    weighting: Literal["samples", "uniform"] = "samples"
 
 
 class ClientTrainingConfig(_Model):
@@ -552,6 +564,11 @@ class Config(_Model):
             raise ValueError(
                 f"asynchronous.concurrency={a.concurrency} exceeds clients.num_clients="
                 f"{self.clients.num_clients}; lower it or add clients"
+            )
+        if self.strategy.name == "scaffold":
+            raise ValueError(
+                "strategy scaffold runs in synchronous rounds only (its control variates are "
+                "updated per round); set mode: sync or choose another strategy"
             )
         if self.strategy.name == "fedasync" and a.buffer_size not in (None, 1):
             raise ValueError(

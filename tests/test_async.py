@@ -46,7 +46,7 @@ def test_fedbuff_step_matches_an_independent_reference():
     x0 = rng.normal(size=5).astype(np.float32)
     deltas = rng.normal(size=(3, 5))
     stalenesses = [0, 3, 8]
-    buffer = UpdateBuffer(size=3)
+    buffer = UpdateBuffer(size=3, weighting="uniform")
     for delta, tau in zip(deltas, stalenesses, strict=True):
         buffer.add(delta, tau)
     assert buffer.full
@@ -63,7 +63,7 @@ def test_fedbuff_step_matches_an_independent_reference():
 def test_fedbuff_with_k1_is_asynchronous_sgd_on_deltas():
     x = np.array([1.0, -2.0], dtype=np.float32)
     delta, tau, lr = np.array([0.5, 0.25]), 3, 0.1
-    buffer = UpdateBuffer(size=1)
+    buffer = UpdateBuffer(size=1, weighting="uniform")
     buffer.add(delta, tau)
     state = FedAvg(server_lr=lr).apply(FedAvg().init(x), *buffer.drain())
     np.testing.assert_allclose(state.params, x + lr * delta / np.sqrt(1 + tau), rtol=1e-6)
@@ -72,7 +72,7 @@ def test_fedbuff_with_k1_is_asynchronous_sgd_on_deltas():
 def test_fedbuff_step_can_be_a_server_optimizer():
     """The buffered pseudo-gradient feeds FedAvgM like a sync round's average would."""
     x = np.zeros(2, dtype=np.float32)
-    buffer = UpdateBuffer(size=2, staleness=StalenessWeight("constant"))
+    buffer = UpdateBuffer(size=2, staleness=StalenessWeight("constant"), weighting="uniform")
     buffer.add(np.array([1.0, 0.0]), 0)
     buffer.add(np.array([0.0, 1.0]), 5)
     strategy = FedAvgM(server_lr=1.0, momentum=0.9)

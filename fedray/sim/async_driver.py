@@ -132,6 +132,7 @@ class AsyncDriver:
                 size=self.buffer_size,
                 staleness=staleness_weight(acfg),
                 keep_rows=not self.strategy.linear,
+                weighting=acfg.weighting,
             )
         )
         params = initial_params(workload, cfg.seed)
@@ -213,7 +214,7 @@ class AsyncDriver:
             state.server = self.strategy.mix(state.server, client_model, staleness)
             self._step_taken(wall_start)
             return
-        self.buffer.add(update, staleness)
+        self.buffer.add(update, staleness, task.num_samples)
         if self.buffer.full:
             total, weight = self.buffer.drain()
             if self.strategy.linear:

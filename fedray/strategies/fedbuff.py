@@ -6,7 +6,11 @@ one at a time; the server accumulates them weighted by their staleness,
 
     Δ̄ ← Δ̄ + s(τ_i) · Δ_i,          s(τ) = 1/sqrt(1 + τ) by default,
 
-and once K updates are buffered takes a server step on Δ̄ / K — here with any of fedray's
+and once K updates are buffered takes a server step on Δ̄ / K (``weighting: uniform``, the
+paper's rule). fedray's default, ``weighting: samples``, weights each update by its client's
+sample count n_i as sync FedAvg does — Δ̄ = Σ n_i s(τ_i) Δ_i / Σ n_i — which keeps the many
+small, fast clients that dominate asynchronous arrivals from outvoting the large, slow ones. Either
+way the step is taken — here with any of fedray's
 server strategies: with FedAvg (x ← x + η_g Δ̄/K) as in the paper, or FedAvgM / FedAdam / FedYogi /
 FedAdagrad on the same pseudo-gradient. The buffer is a running sum, so the server holds
 O(model) memory for linear steps; a robust rule (median, Krum, ...) needs the K rows themselves.
@@ -31,22 +35,30 @@ class UpdateBuffer:
     size: int
     staleness: StalenessWeight = field(default_factory=StalenessWeight)
     keep_rows: bool = False  # robust steps need the individual updates
+    weighting: str = "samples"  # or "uniform" (Nguyen et al.)
     total: np.ndarray | None = None
     rows: list[np.ndarray] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     stalenesses: list[int] = field(default_factory=list)
+    mass: float = 0.0  # Σ n_i (samples) or K (uniform)
 
     def __post_init__(self):
+        if self.weighting not in ("samples", "uniform"):
+            raise ValueError(
+                f"FedBuff weighting must be samples or uniform, got {self.weighting!r}"
+            )
         if self.size < 1:
             raise ValueError(f"FedBuff buffer size K must be >= 1, got {self.size}")
 
-    def add(self, update: np.ndarray, staleness: int) -> None:
+    def add(self, update: np.ndarray, staleness: int, num_samples: int = 1) -> None:
         weight = float(self.staleness(staleness))
         if self.keep_rows:
             self.rows.append(np.asarray(update, dtype=np.float64) * weight)
         else:
-            weighted = np.asarray(update, dtype=np.float64) * weight
+            mass = float(num_samples) if self.weighting == "samples" else 1.0
+            weighted = np.asarray(update, dtype=np.float64) * (weight * mass)
             self.total = weighted if self.total is None else self.total + weighted
+            self.mass += mass
         self.weights.append(weight)
         self.stalenesses.append(int(staleness))
 
@@ -58,11 +70,13 @@ class UpdateBuffer:
         return len(self.weights)
 
     def drain(self) -> tuple[np.ndarray, float] | tuple[np.ndarray, np.ndarray]:
-        """Empty the buffer. Linear steps get (Σ s(τ_i) Δ_i, K), ready for ``strategy.apply``;
-        robust steps get the [K, d] matrix of weighted rows and unit weights."""
+        """Empty the buffer. Linear steps get (Σ m_i s(τ_i) Δ_i, Σ m_i) with m_i = n_i or 1,
+        ready for ``strategy.apply``; robust steps get the [K, d] matrix of weighted rows and unit
+        weights (robust rules ignore client weights)."""
         if self.keep_rows:
             out = (np.stack(self.rows), np.ones(len(self.rows)))
         else:
-            out = (self.total, float(len(self.weights)))
+            out = (self.total, self.mass)
         self.total, self.rows, self.weights, self.stalenesses = None, [], [], []
+        self.mass = 0.0
         return out

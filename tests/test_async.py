@@ -300,13 +300,14 @@ def test_fedbuff_reaches_the_target_before_sync_fedavg_in_simulated_time(ray_ses
     FedAvg waits for the slowest of its cohort every round, FedBuff never waits."""
     base = REPO / "configs/async_heterogeneity.yaml"
     common = [
-        ("clients.num_clients", 300),
+        ("clients.num_clients", 200),
         ("workload.eval_clients", 100),
+        ("execution.clients_per_task", 10),
         ("output.root", str(tmp_path)),
     ]
-    target = 0.6
+    target = 0.3
     sync = fedray.run(
-        load_config(base, [*common, ("rounds", 25), ("clients_per_round", 30)]), progress=False
+        load_config(base, [*common, ("rounds", 30), ("clients_per_round", 20)]), progress=False
     )
     buff = fedray.run(
         load_config(
@@ -314,9 +315,9 @@ def test_fedbuff_reaches_the_target_before_sync_fedavg_in_simulated_time(ray_ses
             [
                 *common,
                 ("mode", "async"),
-                ("rounds", 80),
+                ("rounds", 60),
                 ("eval_every", 2),
-                ("asynchronous", {"concurrency": 30, "buffer_size": 10}),
+                ("asynchronous", {"concurrency": 20, "buffer_size": 5}),
             ],
         ),
         progress=False,
@@ -327,4 +328,5 @@ def test_fedbuff_reaches_the_target_before_sync_fedavg_in_simulated_time(ray_ses
         assert len(reached), f"target {target} never reached: {rounds.eval_accuracy.max():.3f}"
         return reached.sim_time_s.iloc[0]
 
-    assert time_to_target(buff.rounds) < 0.7 * time_to_target(sync.rounds)
+    # measured: FedBuff ~18 s, sync FedAvg ~137 s of simulated time
+    assert time_to_target(buff.rounds) < 0.5 * time_to_target(sync.rounds)

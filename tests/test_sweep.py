@@ -225,59 +225,53 @@ def hparams_of(logdir: Path) -> dict:
 
 
 def test_sweep_packs_trials_records_failures_and_resumes(ray_session, tmp_path):
-    # Prepare: two good trials and two whose trace file does not exist yet.
+    # Prepare: two good trials and one whose trace file does not exist yet.
     path = write_sweep(
         tmp_path,
-        grid={"seed": [1, 2]},
-        variants={"ok": {}, "late": {"clients.profile.trace": "devices.csv"}},
-        overrides={"execution.cpus_per_worker": 0.5},  # all four trials fit on 2 CPUs at once
+        variants={
+            "s1": {"seed": 1},
+            "s2": {"seed": 2},
+            "late": {"clients.profile.trace": "devices.csv"},
+        },
+        overrides={"execution.cpus_per_worker": 0.5},  # the three trials fit on 2 CPUs at once
         target_accuracy=0.05,
     )
     out = tmp_path / "res"
 
-    # Execute: the failing trials must not stop the good ones.
+    # Execute: the failing trial must not stop the good ones.
     sweep_dir = run_sweep(path, root=out, progress=False)
 
     # Assert
     table = pq.read_table(sweep_dir / "sweep.parquet").to_pandas().set_index("trial")
-    assert list(table.index) == ["ok_seed=1", "ok_seed=2", "late_seed=1", "late_seed=2"]
-    ok, late = table.loc[["ok_seed=1", "ok_seed=2"]], table.loc[["late_seed=1", "late_seed=2"]]
+    assert list(table.index) == ["s1", "s2", "late"] and list(table.variant) == list(table.index)
+    ok, late = table.loc[["s1", "s2"]], table.loc["late"]
     assert (ok.status == "completed").all() and ok.error.isna().all()
     assert ok.final_accuracy.between(0, 1).all() and (ok.rounds_completed == 2).all()
     assert (ok.total_bytes > 0).all() and (ok.sim_time_to_target_s > 0).all()
-    assert (late.status == "failed").all()
-    assert late.error.str.contains("devices.csv' not found").all()
-    assert list(table.seed) == [1, 2, 1, 2] and list(table.variant) == ["ok", "ok", "late", "late"]
-    # Each good trial has its own run directory, and they ran at the same time: the four trials'
-    # placement groups hold all 2 CPUs, so a pool actor created outside its trial's group would
-    # never have been scheduled.
-    spans = [
-        json.loads((sweep_dir / name / "summary.json").read_text())
-        for name in ("ok_seed=1", "ok_seed=2")
-    ]
-    assert all(s["num_workers"] == 1 for s in spans)
+    assert late.status == "failed" and "devices.csv' not found" in late.error
+    assert not (sweep_dir / "late").exists()  # it failed before creating its run directory
+    # Each good trial has its own run directory, and they ran at the same time. The trials'
+    # placement groups hold 1.5 of the 2 CPUs, so had the pools' actors been created outside
+    # them, one trial would have waited for the other.
+    spans = [json.loads((sweep_dir / name / "summary.json").read_text()) for name in ("s1", "s2")]
+    assert all(s["num_workers"] == 1 and s["seed"] == i + 1 for i, s in enumerate(spans))
     assert max(s["started_at"] for s in spans) < min(s["finished_at"] for s in spans)
     assert (sweep_dir / ".tune").is_dir()  # Tune's storage stays inside the sweep
-    assert hparams_of(sweep_dir / "tb" / "ok_seed=2") == {
-        "variant": "ok",
-        "seed": 2.0,
-        "status": "completed",
-    }
+    assert hparams_of(sweep_dir / "tb" / "s2") == {"variant": "s2", "status": "completed"}
+    assert hparams_of(sweep_dir / "tb" / "late") == {"variant": "late", "status": "failed"}
 
     with pytest.raises(UserError, match="--resume"):
         run_sweep(path, root=out, progress=False)
 
-    # Resume once the trace exists: the failed trials run, the finished ones are untouched.
+    # Resume once the trace exists: the failed trial runs, the finished ones are untouched.
     shutil.copy(REPO / "configs" / "traces" / "devices.csv", tmp_path / "devices.csv")
     stamps = {
-        name: (sweep_dir / name / "rounds.parquet").stat().st_mtime_ns
-        for name in ("ok_seed=1", "ok_seed=2")
+        name: (sweep_dir / name / "rounds.parquet").stat().st_mtime_ns for name in ("s1", "s2")
     }
     run_sweep(path, root=out, resume=True, progress=False)
     table = pq.read_table(sweep_dir / "sweep.parquet").to_pandas().set_index("trial")
     assert (table.status == "completed").all()
-    for name, stamp in stamps.items():
+    for span, (name, stamp) in zip(spans, stamps.items(), strict=True):
         assert (sweep_dir / name / "rounds.parquet").stat().st_mtime_ns == stamp
-        assert json.loads((sweep_dir / name / "summary.json").read_text())["started_at"] in {
-            s["started_at"] for s in spans
-        }
+        summary = json.loads((sweep_dir / name / "summary.json").read_text())
+        assert summary["started_at"] == span["started_at"]

@@ -12,6 +12,7 @@ _REGISTRY = {
     "ecom_intent": ("fedray.workloads.ecommerce.classify", "EcomIntent"),
     "ecom_relation": ("fedray.workloads.ecommerce.classify", "EcomRelation"),
     "ecom_ner": ("fedray.workloads.ecommerce.ner", "EcomNer"),
+    "ecom_lm": ("fedray.workloads.ecommerce.lm", "EcomLM"),
 }
 
 

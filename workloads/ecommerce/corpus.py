@@ -74,3 +74,28 @@ def ner_corpus(world: World) -> Corpus:
         groups=_groups(world, world.listings),
         tags=[[t for _, t in title] for title in world.titles],
     )
+
+
+BOS, EOS = "<s>", "</s>"
+
+
+def lm_corpus(world: World) -> Corpus:
+    """Each listing's title, description and QA pairs as documents ``<s> … </s>``, grouped by the
+    listing's platform and shop, labelled with the product's department."""
+    departments = list(lx.CATEGORIES)
+    docs, rows, labels = [], [], []
+    qa_of: dict[int, list[str]] = {}
+    for listing, question, answer in world.qa:
+        qa_of.setdefault(listing, []).append(f"{question} {answer}")
+    for i, (p, s, j) in enumerate(world.listings):
+        title = " ".join(w for w, _ in world.titles[i])
+        for text in (title, world.descriptions[i], *qa_of.get(i, [])):
+            docs.append([BOS, *tokenize(text), EOS])
+            rows.append((p, s))
+            labels.append(world.products[j].top)
+    return Corpus(
+        tokens=docs,
+        labels=_indexed(departments, labels),
+        label_names=departments,
+        groups=_groups(world, rows),
+    )

@@ -2,6 +2,7 @@
 
 * CSV with a header ``text,label`` (intents, relations; RFC 4180 quoting for commas in texts).
   Relation sentences mark their entities ``[E1] ... [/E1]`` and ``[E2] ... [/E2]``.
+* Plain UTF-8 text (LM): one document per line, blank lines skipped.
 * CoNLL-style token/tag files (NER): one ``token tag`` per line (whitespace-separated, the tag
   last), a blank line between sentences, ``-DOCSTART-`` lines ignored; tags are ``O``, ``B-X`` or
   ``I-X``.
@@ -114,3 +115,17 @@ def read_conll(path: str | Path, min_examples: int = 2) -> Corpus:
         label_names=names,
         tags=tag_seqs,
     )
+
+
+def read_text(path: str | Path, min_examples: int = 2) -> Corpus:
+    """One document per non-blank line, wrapped in ``<s> … </s>`` (a single class: Dirichlet
+    partitions then only skew quantities)."""
+    from fedray.workloads.ecommerce.corpus import BOS, EOS
+
+    path = Path(path)
+    docs = [[BOS, *tokenize(line), EOS] for line in _open(path).splitlines() if line.strip()]
+    if len(docs) < min_examples:
+        raise UserError(
+            f"{path}: only {len(docs)} non-blank lines; a federated split needs at least {min_examples}"
+        )
+    return Corpus(tokens=docs, labels=np.zeros(len(docs), np.int64), label_names=["text"])

@@ -49,7 +49,7 @@ class TextTask(Workload):
         self.train_idx, self.test_idx = self._split()
         train_all = np.concatenate(self.train_idx)
         self.vocab = Vocab([self.corpus.tokens[i] for i in np.sort(train_all)])
-        self.x = torch.from_numpy(self.vocab.encode(self.corpus.tokens, cfg.max_len))
+        self.x = torch.from_numpy(self.inputs(self.corpus))
         self.y = torch.from_numpy(self.targets(self.corpus))
 
     # ------------------------------------------------------------------ subclass hooks
@@ -59,6 +59,10 @@ class TextTask(Workload):
 
     @abstractmethod
     def from_file(self, path: Path) -> Corpus: ...
+
+    def inputs(self, corpus: Corpus) -> np.ndarray:
+        """Padded token ids, one row per example."""
+        return self.vocab.encode(corpus.tokens, self.cfg.max_len)
 
     @abstractmethod
     def targets(self, corpus: Corpus) -> np.ndarray:

@@ -404,7 +404,11 @@ class StrategyConfig(_Model):
             raise ValueError(
                 "strategy robust needs strategy.rule: median, trimmed_mean, krum or multi_krum"
             )
-        if self.server_lr is None:
+        if self.name == "fedasync" and self.server_lr is not None:
+            raise ValueError(
+                "fedasync has no server_lr: its step size is strategy.alpha; remove server_lr"
+            )
+        if self.server_lr is None and self.name != "fedasync":
             self.server_lr = 0.01 if self.name in _FEDOPT else 1.0
         return self
 
@@ -559,6 +563,11 @@ class Config(_Model):
             raise ValueError(
                 "over_selection applies to synchronous rounds only; remove it or set mode: sync"
             )
+        if self.strategy.name == "scaffold":
+            raise ValueError(
+                "scaffold's control variates assume synchronous rounds; use mode: sync, or "
+                "FedBuff with another strategy"
+            )
         a = self.asynchronous
         if a.concurrency > self.clients.num_clients:
             raise ValueError(
@@ -699,6 +708,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         candidate = path.parent / cfg.clients.profile.trace
         if candidate.exists() or not cfg.clients.profile.trace.exists():
             cfg.clients.profile.trace = candidate
+    source = getattr(cfg.workload, "source", "generated")
+    if source != "generated" and not Path(source).is_absolute():
+        # A workload's data file, like a trace, is relative to the config file.
+        candidate = path.parent / source
+        if candidate.exists() or not Path(source).exists():
+            cfg.workload.source = str(candidate)
     cfg._source = path
     return cfg
 

@@ -104,6 +104,10 @@ def test_robust_buffers_keep_rows():
         ),
         ({"mode": "async", "asynchronous": {"staleness": "cubic"}}, "asynchronous.staleness"),
         ({"mode": "asynchronous"}, "mode"),
+        (
+            {"mode": "async", "strategy": {"name": "fedasync", "server_lr": 0.5}},
+            "step size is strategy.alpha",
+        ),
     ],
 )
 def test_async_config_errors_name_the_fix(data, message):
@@ -292,6 +296,16 @@ def test_fedasync_runs_and_logs_staleness_to_tensorboard(ray_session, tmp_path):
     acc = EventAccumulator(str(result.path / "tb"), size_guidance={"histograms": 0}).Reload()
     assert "async/staleness" in acc.Tags()["histograms"]
     assert [e.step for e in acc.Scalars("eval/accuracy")] == [4, 8, 12, 16, 20]
+
+
+def test_fedbuff_with_a_robust_step(ray_session, tmp_path):
+    cfg = async_config(
+        tmp_path, strategy={"name": "robust", "rule": "median"}, output__name="median"
+    )
+    cfg["compression"] = {}
+    rounds = fedray.run(config_from_dict(cfg), progress=False).rounds
+    assert list(rounds["model_version"]) == list(range(1, 13))
+    assert rounds["eval_loss"].notna().sum() == 3
 
 
 @pytest.mark.slow

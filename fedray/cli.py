@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 verbose=args.verbose,
             )
             status = pd.read_parquet(out / "sweep.parquet", columns=["status"]).status
-            print(f"fedray: sweep done, {status.value_counts().to_dict()} -> {out}/sweep.parquet")
+            counts = ", ".join(f"{n} {state}" for state, n in status.value_counts().items())
+            print(f"fedray: sweep done ({counts}) -> {out}/sweep.parquet")
             return 0 if (status == "completed").all() else 1
         from fedray.config import dump_config, load_config
 

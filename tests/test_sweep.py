@@ -224,7 +224,7 @@ def hparams_of(logdir: Path) -> dict:
     return found
 
 
-def test_sweep_packs_trials_records_failures_and_resumes(ray_session, tmp_path):
+def test_sweep_packs_trials_records_failures_and_resumes(ray_session, tmp_path, capsys):
     # Prepare: two good trials and one whose trace file does not exist yet.
     path = write_sweep(
         tmp_path,
@@ -275,3 +275,7 @@ def test_sweep_packs_trials_records_failures_and_resumes(ray_session, tmp_path):
         assert (sweep_dir / name / "rounds.parquet").stat().st_mtime_ns == stamp
         summary = json.loads((sweep_dir / name / "summary.json").read_text())
         assert summary["started_at"] == span["started_at"]
+
+    # The command on a finished sweep: nothing to run, exit 0, the table's counts.
+    assert main(["sweep", str(path), "--out", str(out), "--resume", "--quiet"]) == 0
+    assert "sweep done (3 completed)" in capsys.readouterr().out

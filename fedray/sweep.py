@@ -12,6 +12,8 @@ A sweep file names a base config, overrides shared by every trial, and the axes:
       fedavg: {}
       fedprox: {strategy.name: fedprox, strategy.mu: 0.01}
     target_accuracy: 0.6                     # optional: report simulated time to reach it
+    max_concurrent_trials: 4                 # optional; default: as many as fit
+    time_budget_s: 3600                      # optional; stop after it, --resume continues
 
 Each trial is a normal :func:`fedray.run` into ``<root>/<name>/<trial>/`` with its own worker
 pool. Tune reserves a placement group per trial — an empty bundle for the trial's driver and one
@@ -64,6 +66,8 @@ class SweepSpec(BaseModel):
     variants: dict[str, dict[str, Any]] = {}
     target_accuracy: float | None = Field(default=None, gt=0, le=1)
     max_concurrent_trials: int | None = Field(default=None, ge=1)
+    # Stop starting and running trials after this many wall seconds; --resume continues.
+    time_budget_s: float | None = Field(default=None, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -266,6 +270,7 @@ def _tune(
         param_space={"trial": tune.grid_search(list(configs))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=spec.max_concurrent_trials,
+            time_budget_s=spec.time_budget_s,
             trial_name_creator=lambda t: t.config["trial"],
             trial_dirname_creator=lambda t: t.config["trial"],
         ),

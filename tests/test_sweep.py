@@ -233,8 +233,8 @@ def test_sweep_packs_trials_records_failures_and_resumes(ray_session, tmp_path, 
             "s2": {"seed": 2},
             "late": {"clients.profile.trace": "devices.csv"},
         },
-        overrides={"execution.cpus_per_worker": 0.5},  # the three trials fit on 2 CPUs at once
         target_accuracy=0.05,
+        time_budget_s=150,  # a failure rather than a hang if the pools escaped their groups
     )
     out = tmp_path / "res"
 
@@ -250,9 +250,9 @@ def test_sweep_packs_trials_records_failures_and_resumes(ray_session, tmp_path, 
     assert (ok.total_bytes > 0).all() and (ok.sim_time_to_target_s > 0).all()
     assert late.status == "failed" and "devices.csv' not found" in late.error
     assert not (sweep_dir / "late").exists()  # it failed before creating its run directory
-    # Each good trial has its own run directory, and they ran at the same time. The trials'
-    # placement groups hold 1.5 of the 2 CPUs, so had the pools' actors been created outside
-    # them, one trial would have waited for the other.
+    # Each good trial has its own run directory, and they ran at the same time. Their placement
+    # groups held both CPUs of the session Ray, so that is only possible because each pool's
+    # actor was created inside its trial's group (outside, it would never have been scheduled).
     spans = [json.loads((sweep_dir / name / "summary.json").read_text()) for name in ("s1", "s2")]
     assert all(s["num_workers"] == 1 and s["seed"] == i + 1 for i, s in enumerate(spans))
     assert max(s["started_at"] for s in spans) < min(s["finished_at"] for s in spans)

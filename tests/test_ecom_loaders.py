@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedray.config import config_from_dict
+from fedray.config import config_from_dict, load_config
 from fedray.errors import ConfigError, UserError
 from fedray.workloads import make_workload
-from fedray.workloads.ecommerce.loaders import read_conll, read_labelled_csv
+from fedray.workloads.ecommerce.loaders import read_conll, read_labelled_csv, read_text
 
 
 def test_csv_round_trip(tmp_path):
@@ -69,3 +69,27 @@ def test_source_switches_a_task_to_the_user_file(tmp_path):
     assert task.num_train_samples(np.arange(4)).sum() + sum(map(len, task.test_idx)) == 24
     with pytest.raises(ConfigError, match="partition natural needs the generated world"):
         config_from_dict({"workload": {"name": "ecom_intent", "source": str(path)}})
+
+
+def test_plain_text_round_trip_and_error(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("Norvik rain jacket , navy blue\n\nTazelo coffee mug 350 ml\n")
+    corpus = read_text(path)
+    assert corpus.tokens == [
+        ["<s>", "Norvik", "rain", "jacket", ",", "navy", "blue", "</s>"],
+        ["<s>", "Tazelo", "coffee", "mug", "350", "ml", "</s>"],
+    ]
+    path.write_text("\n  \n")
+    with pytest.raises(UserError, match=r"corpus.txt: only 0 non-blank lines"):
+        read_text(path)
+
+
+def test_source_paths_are_relative_to_the_config_file(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "docs.txt").write_text("a b\nc d\n")
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        "workload: {name: ecom_lm, source: data/docs.txt, partition: iid}\n"
+        "clients: {num_clients: 2}\nclients_per_round: 2\n"
+    )
+    assert load_config(config).workload.source == str(tmp_path / "data" / "docs.txt")

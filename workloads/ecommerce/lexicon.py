@@ -153,6 +153,10 @@ INTENTS: dict[str, tuple[str, ...]] = {
 # ---------------------------------------------------------------- relation sentences
 
 # Entities are marked in the sentence; {h} is the head, {t} the tail of the triple.
+# Terse phrasings any relation (and ``none``) uses: only the entities tell them apart, and a
+# ``none`` pair that happens to look related ("X with red") is genuinely ambiguous, so the task
+# has irreducible error instead of being solved by the template alone.
+AMBIGUOUS = ("{h} with {t}", "{h} : {t}", "{h} and {t}")
 RELATIONS: dict[str, tuple[str, ...]] = {
     "hasBrand": (
         "{h} is made by {t}",

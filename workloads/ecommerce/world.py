@@ -39,7 +39,7 @@ from fedray import seeding
 from fedray.workloads.ecommerce import lexicon as lx
 from fedray.workloads.ecommerce.text import tokenize
 
-GENERATOR_VERSION = 1  # bump when the generative story changes, so stale caches are not reused
+GENERATOR_VERSION = 2  # bump when the generative story changes, so stale caches are not reused
 TAGS = ("BRAND", "TYPE", "COLOR", "SIZE", "MATERIAL", "MODEL")
 
 
@@ -329,7 +329,10 @@ def _relation_sentences(rng, params, platforms, triples, listings, products):
         platforms_of.setdefault(f"{prod.brand} {prod.type} {prod.model}", []).append((p, s))
     relations = [r for r in lx.RELATIONS if r != "none"]
     templates = [
-        {r: _kept_templates(rng, lx.RELATIONS[r], plat["template_keep"]) for r in lx.RELATIONS}
+        {
+            r: _kept_templates(rng, lx.RELATIONS[r], plat["template_keep"]) + list(lx.AMBIGUOUS)
+            for r in lx.RELATIONS
+        }
         for plat in platforms
     ]
     out = []

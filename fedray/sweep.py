@@ -213,14 +213,18 @@ def check_fits(trials: list[Trial], nodes: list[dict[str, float]]) -> None:
 # --------------------------------------------------------------------------- running
 
 
-def _run_trial(config: dict, *, configs: dict[str, Config]) -> None:
+def _run_trial(config: dict, *, configs: dict[str, Config], cwd: str) -> None:
     """Tune trainable: one fedray run. Its pool's actors land in the trial's placement group
     because Tune schedules this function with placement_group_capture_child_tasks=True."""
     from ray import tune
 
     from fedray.api import run
 
-    summary = run(configs[config["trial"]], progress=False).summary
+    # Tune starts trials in their own folder; relative paths a config still holds (a workload's
+    # cache or data) mean what they mean to `fedray run` started where the sweep was.
+    where = contextlib.chdir(cwd) if os.path.isdir(cwd) else contextlib.nullcontext()
+    with where:
+        summary = run(configs[config["trial"]], progress=False).summary
     tune.report(
         {"eval_accuracy": summary["final"]["eval_accuracy"], "sim_time_s": summary["sim_time_s"]}
     )
@@ -260,7 +264,7 @@ def _tune(
     configs = {t.name: t.cfg for t in trials}
     bundles = {t.name: trial_bundles(t.cfg) for t in trials}
     trainable = tune.with_resources(
-        tune.with_parameters(_run_trial, configs=configs),
+        tune.with_parameters(_run_trial, configs=configs, cwd=os.getcwd()),
         resources=lambda config: tune.PlacementGroupFactory(bundles[config["trial"]]),
     )
     storage = sweep_dir / TUNE_DIR

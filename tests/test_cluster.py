@@ -45,6 +45,12 @@ def dockerfile_image_version() -> str:
     return match.group(1)
 
 
+def fedray_ray_version() -> str:
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    ray = next(d for d in deps if d.startswith("ray"))
+    return ray.split("==")[1]
+
+
 def pod_containers(pod_template: dict) -> list[dict]:
     return pod_template["spec"]["containers"]
 
@@ -101,17 +107,33 @@ def test_kuberay_manifest_has_the_required_fields(path):
             assert pod_containers(group["template"])
 
 
+def test_kuberay_pods_mount_declared_volumes_and_the_shipped_claim():
+    claim = load(CLUSTER / "kuberay" / "results-pvc.yaml")
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]  # trials write from every node
+    for path in MANIFESTS:
+        for spec in ray_cluster_specs(load(path)):
+            for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+                pod = group["template"]["spec"]
+                volumes = {v["name"]: v for v in pod.get("volumes", [])}
+                for container in pod["containers"]:
+                    assert container["name"] and container["image"]
+                    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+                    assert set(mounts) <= set(volumes), path.name
+                    assert "/results" in mounts.values(), path.name
+                claims = [
+                    v["persistentVolumeClaim"]["claimName"]
+                    for v in volumes.values()
+                    if "persistentVolumeClaim" in v
+                ]
+                assert claims == [claim["metadata"]["name"]], path.name
+
+
 def test_kuberay_sweep_entrypoint_names_a_shipped_sweep():
     entry = load(CLUSTER / "kuberay" / "rayjob-sweep.yaml")["spec"]["entrypoint"].split()
     shipped = Path(entry[2]).relative_to("/opt/fedray")  # the Dockerfile's WORKDIR
     assert (REPO / shipped).is_file()
     assert "WORKDIR /opt/fedray" in (CLUSTER / "Dockerfile").read_text()
-
-
-def fedray_ray_version() -> str:
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    ray = next(d for d in deps if d.startswith("ray"))
-    return ray.split("==")[1]
 
 
 def test_every_image_is_the_dockerfile_image():

@@ -523,7 +523,9 @@ class SweepProgress:
         if self._live:
             self._bar.update(self._task, completed=self.done + self.failed, counts=self._counts())
         else:
-            self.console.print(f"trial {trial}: {event}  {self._counts()}", highlight=False)
+            self.console.print(
+                f"trial {trial}: {event}  {self._counts()}", highlight=False, soft_wrap=True
+            )
 
     def callback(self):
         from ray import tune

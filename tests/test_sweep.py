@@ -19,6 +19,7 @@ from fedray.cli import main
 from fedray.errors import ConfigError, UserError
 from fedray.sweep import (
     SUMMARY_SCHEMA,
+    SweepProgress,
     check_fits,
     expand,
     grid_points,
@@ -131,9 +132,9 @@ def fake_run(run_dir: Path, status: str, accuracy: list[float] | None = None, **
 def test_summary_table_schema_and_metrics(tmp_path):
     path = write_sweep(
         tmp_path,
-        grid={"compression.uplink": ["none", {"name": "topk", "fraction": 0.1}], "seed": [0, 1]},
+        grid={"compression.uplink": ["none", {"name": "topk", "fraction": 0.1}], "seed": [0, 1, 2]},
     )
-    trials = expand(load_sweep(path), root=tmp_path)
+    trials = expand(load_sweep(path), root=tmp_path)  # uplink none: seeds 0-2, then topk
     sweep_dir = tmp_path / "sw"
     done = dict(rounds_completed=4, sim_time_s=40.0, total_bytes_up=100, total_bytes_down=50)
     done |= dict(wall_time_s=1.5, startup_s=3.0)
@@ -141,6 +142,9 @@ def test_summary_table_schema_and_metrics(tmp_path):
     fake_run(sweep_dir / trials[1].name, "completed", [0.1, 0.2, 0.3, 0.4], **done)
     fake_run(sweep_dir / trials[2].name, "running")  # the sweep was interrupted mid-trial
     errors = {trials[3].name: "UserError: trace file 'x.csv' not found"}  # died before its run
+    fake_run(sweep_dir / trials[4].name, "failed", error="RuntimeError: boom")  # its run says why
+    errors[trials[4].name] = "RayTaskError: a long wrapped traceback"
+    # trials[5] never started: no folder, no error
 
     table = summary_table(trials, sweep_dir, target=0.5, errors=errors)
 
@@ -150,7 +154,8 @@ def test_summary_table_schema_and_metrics(tmp_path):
     assert table.schema.field("compression.uplink").type == pa.string()
     rows = table.to_pylist()
     assert rows[0]["compression.uplink"] == "none"
-    assert json.loads(rows[2]["compression.uplink"]) == {"fraction": 0.1, "name": "topk"}
+    assert json.loads(rows[3]["compression.uplink"]) == {"fraction": 0.1, "name": "topk"}
+    assert [r["seed"] for r in rows] == [0, 1, 2, 0, 1, 2]
     first = rows[0]
     assert first["status"] == "completed" and first["error"] is None
     assert first["final_accuracy"] == 0.7 and first["final_loss"] == 0.25
@@ -159,6 +164,19 @@ def test_summary_table_schema_and_metrics(tmp_path):
     assert rows[1]["sim_time_to_target_s"] is None  # never reached 0.5
     assert rows[2]["status"] == "interrupted" and rows[2]["final_accuracy"] is None
     assert rows[3]["status"] == "failed" and "x.csv" in rows[3]["error"]
+    assert (rows[4]["status"], rows[4]["error"]) == ("failed", "RuntimeError: boom")
+    assert (rows[5]["status"], rows[5]["error"]) == ("not_run", None)
+
+
+def test_progress_counts_trials_and_logs_a_line_per_change(capsys):
+    bar = SweepProgress(total=4, reused=1, description="sw")
+    for event, trial in [("start", "a"), ("start", "b"), ("error", "a"), ("complete", "b")]:
+        bar.update(event, trial)
+    bar.close()
+    assert (bar.done, bar.running, bar.failed) == (2, 0, 1)
+    lines = capsys.readouterr().err.splitlines()  # not a terminal: plain lines
+    assert lines[2] == "trial a: error  done 1 (reused 1)  running 1  failed 1"
+    assert lines[3] == "trial b: complete  done 2 (reused 1)  running 0  failed 1"
 
 
 # --------------------------------------------------------------------------- bad input

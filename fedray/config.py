@@ -574,11 +574,6 @@ class Config(_Model):
                 f"asynchronous.concurrency={a.concurrency} exceeds clients.num_clients="
                 f"{self.clients.num_clients}; lower it or add clients"
             )
-        if self.strategy.name == "scaffold":
-            raise ValueError(
-                "strategy scaffold runs in synchronous rounds only (its control variates are "
-                "updated per round); set mode: sync or choose another strategy"
-            )
         if self.strategy.name == "fedasync" and a.buffer_size not in (None, 1):
             raise ValueError(
                 "fedasync applies every update as it arrives; remove asynchronous.buffer_size "

@@ -81,8 +81,12 @@ class WorkerPool:
         mu: float,
         residuals: Sequence[dict | None] | None = None,
         presum: bool = True,
+        control=None,
+        client_controls: Sequence[dict] | None = None,
     ) -> list[GroupResult]:
-        """Train every group against the model behind ``params_ref``; results in group order."""
+        """Train every group against the model behind ``params_ref``; results in group order.
+        ``control`` (SCAFFOLD's server variate, or a ref to it) and ``client_controls`` (per
+        group, c_k by client id) turn on control variates."""
         pending = [int(i) for i in np.argsort(-np.asarray(costs, dtype=np.float64), kind="stable")]
         results: list[GroupResult | None] = [None] * len(groups)
         retries = [0] * len(groups)
@@ -92,8 +96,11 @@ class WorkerPool:
         def submit(slot: int) -> None:
             group = pending.pop(0)
             state = residuals[group] if residuals is not None else None
+            extra = {}
+            if control is not None:
+                extra = {"control": control, "client_controls": client_controls[group]}
             ref = self.actors[slot].run_group.remote(
-                params_ref, group, round_, groups[group], mu, state, presum
+                params_ref, group, round_, groups[group], mu, state, presum, **extra
             )
             in_flight[ref] = (group, slot)
             load[slot] += 1

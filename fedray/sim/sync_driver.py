@@ -14,15 +14,19 @@ dispatch; the worker's real lengths are checked against it.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray
 
 from fedray.clients.profiles import ProfileModel
+from fedray.clients.state_store import ClientStateStore
 from fedray.config import Config
+from fedray.errors import UserError
 from fedray.execution.pool import WorkerPool
 from fedray.execution.worker import Task
 from fedray.sim.evaluation import Evaluator, initial_params
@@ -55,6 +59,15 @@ def make_groups(
         groups.append([Task(int(plan.client_ids[i]), int(plan.local_epochs[i])) for i in chunk])
         costs.append(float(np.sum(num_samples[chunk] * plan.local_epochs[chunk])))
     return groups, costs
+
+
+def check_takes_correction(workload: Workload) -> None:
+    """SCAFFOLD corrects every local gradient step, so the workload's training must take one."""
+    if "correction" not in inspect.signature(workload.local_train).parameters:
+        raise UserError(
+            f"strategy scaffold needs a workload whose local_train takes a gradient correction; "
+            f"{workload.name} does not — choose another strategy"
+        )
 
 
 def enough_updates(strategy, n: int) -> bool:
@@ -90,9 +103,22 @@ class SyncDriver:
         self.links = Links(cfg, segments, params.size)
         self.state_dir = state_dir
         self.residuals = self.links.residual_store(cfg.execution.client_state_mb, state_dir)
+        # SCAFFOLD: client control variates c_k, bounded in memory and spilled like residuals.
+        # Every upload then carries Δy_k and Δc_k, every download x and c.
+        self.controls, self.controls_dir, self.payloads = None, None, 1
+        if getattr(self.strategy, "control_variates", False):
+            check_takes_correction(workload)
+            self.controls_dir = None if state_dir is None else Path(state_dir) / "scaffold"
+            budget = cfg.execution.client_state_mb * 2**20
+            self.controls, self.payloads = ClientStateStore(budget, self.controls_dir), 2
 
     def close(self) -> None:
+        if self.controls is not None:
+            close_residual_store(self.controls, self.controls_dir)
         close_residual_store(self.residuals, self.state_dir)
+        if self.state_dir is not None and self.state_dir.is_dir():
+            if not any(self.state_dir.iterdir()):
+                self.state_dir.rmdir()
 
     def run(self) -> DriverState:
         wall_start = time.perf_counter()
@@ -112,6 +138,11 @@ class SyncDriver:
         )
         num_samples = self.workload.num_train_samples(cohort)
         start_params, model_bytes = self.links.broadcast(state.server.params, round_)
+        if self.controls is not None:  # c goes down the same (deterministic) downlink codec
+            start_control, control_bytes = self.links.broadcast(
+                state.server.control.astype(np.float32), round_
+            )
+            model_bytes += control_bytes
         plan = plan_round(
             seed=cfg.seed,
             round_=round_,
@@ -120,7 +151,7 @@ class SyncDriver:
             num_samples=num_samples,
             local_epochs=cfg.client.local_epochs,
             model_bytes=model_bytes,
-            update_bytes=self.links.update_bytes,
+            update_bytes=self.links.update_bytes * self.payloads,
             clients_per_round=cfg.clients_per_round,
             deadline_s=cfg.deadline_s,
             policy=cfg.stragglers,
@@ -141,23 +172,50 @@ class SyncDriver:
                     for g in groups
                 ]
             linear = self.strategy.linear
+            variates = {}
+            if self.controls is not None:
+                variates["control"] = ray.put(start_control)
+                variates["client_controls"] = [
+                    {t.client_id: c for t in g if (c := self.controls.get(t.client_id)) is not None}
+                    for g in groups
+                ]
             results = self.pool.run_groups(
-                params_ref, round_, groups, costs, self.strategy.client_mu, residuals, linear
+                params_ref,
+                round_,
+                groups,
+                costs,
+                self.strategy.client_mu,
+                residuals,
+                linear,
+                **variates,
             )
             del params_ref
             update_sum = np.zeros(state.server.params.shape, dtype=np.float64)
             weight_sum = 0.0
+            control_sum = np.zeros(state.server.params.shape, dtype=np.float64)
             position = {int(c): i for i, c in enumerate(cohort)}
             for result in results:  # group order: the sum is the same for any number of workers
                 update_sum += result.update_sum
                 weight_sum += result.weight_sum
                 for cid, loss in zip(result.client_ids, result.train_loss, strict=True):
                     losses[position[int(cid)]] = loss
-                self.links.check_uploads(result.bytes_up)
+                self.links.check_uploads(result.bytes_up / self.payloads)
                 if self.residuals is not None:
                     for cid, residual in sorted(result.residuals.items()):
                         self.residuals.put(cid, residual)
-            if linear:
+                if self.controls is not None:
+                    control_sum += result.control_sum
+                    for cid, c_k in sorted(result.controls.items()):
+                        self.controls.put(cid, c_k)
+            if self.controls is not None:
+                state.server = self.strategy.apply(
+                    state.server,
+                    update_sum,
+                    weight_sum,
+                    control_sum=control_sum,
+                    num_clients=cfg.clients.num_clients,
+                )
+            elif linear:
                 state.server = self.strategy.apply(state.server, update_sum, weight_sum)
             else:
                 # Robust rules see every update, stacked in the fixed group/cohort order.
@@ -170,8 +228,9 @@ class SyncDriver:
         state.sim_time_s += plan.duration_s
         state.round = round_
         bytes_up, bytes_down = int(plan.bytes_up.sum()), int(plan.bytes_down.sum())
-        bytes_up_raw = int(plan.accepted.sum()) * self.links.raw_bytes
-        bytes_down_raw = int(np.round(plan.bytes_down * (self.links.raw_bytes / model_bytes)).sum())
+        raw_bytes = self.links.raw_bytes * self.payloads
+        bytes_up_raw = int(plan.accepted.sum()) * raw_bytes
+        bytes_down_raw = int(np.round(plan.bytes_down * (raw_bytes / model_bytes)).sum())
         state.cum_bytes_up += bytes_up
         state.cum_bytes_down += bytes_down
 

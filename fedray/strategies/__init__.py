@@ -9,6 +9,7 @@ from fedray.strategies.fedavgm import FedAvgM
 from fedray.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
 from fedray.strategies.fedprox import FedProx
 from fedray.strategies.robust import RobustAggregation
+from fedray.strategies.scaffold import Scaffold, ScaffoldState
 from fedray.strategies.staleness import StalenessWeight
 
 _FEDOPT = {"fedadagrad": FedAdagrad, "fedadam": FedAdam, "fedyogi": FedYogi}
@@ -32,6 +33,8 @@ def make_strategy(cfg, async_cfg=None):
         return _FEDOPT[cfg.name](**options)
     if cfg.name == "robust":
         return RobustAggregation(**options)
+    if cfg.name == "scaffold":
+        return Scaffold(**options)
     if cfg.name == "fedasync":
         options.pop("server_lr", None)  # FedAsync's step size is alpha
         weight = staleness_weight(async_cfg) if async_cfg is not None else StalenessWeight()
@@ -48,6 +51,8 @@ __all__ = [
     "FedProx",
     "FedYogi",
     "RobustAggregation",
+    "Scaffold",
+    "ScaffoldState",
     "ServerState",
     "StalenessWeight",
     "make_strategy",

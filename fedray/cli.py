@@ -72,6 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a config and print it resolved")
     add_config_args(validate)
+    sub.add_parser("workloads", help="list the workloads (workload.name) with what each models")
     return parser
 
 
@@ -93,6 +94,12 @@ def _cli_overrides(args) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
+        if args.command == "workloads":
+            from fedray.config import WORKLOAD_MODELS
+
+            for name, model in WORKLOAD_MODELS.items():
+                print(f"{name:<14} {model.__doc__.strip().splitlines()[0]}")
+            return 0
         if args.command == "study":
             from fedray.study import run_study
 

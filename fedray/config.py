@@ -163,7 +163,7 @@ class ClientsConfig(_Model):
 
 
 class SyntheticWorkloadConfig(_Model):
-    """Synthetic(α, β) of the FedProx paper (the default workload)."""
+    """Synthetic(α, β) of the FedProx paper, the default (logreg/MLP; accuracy)."""
 
     name: Literal["synthetic"] = "synthetic"
     alpha: float = Field(default=1.0, ge=0)
@@ -282,25 +282,25 @@ class _EcomTaskConfig(_Model):
 
 
 class EcomIntentConfig(_EcomTaskConfig):
-    """Customer-service intent classification (fastText-style bag of embeddings)."""
+    """Customer-service intent per platform (fastText bag of embeddings; accuracy, macro F1)."""
 
     name: Literal["ecom_intent"]
 
 
 class EcomRelationConfig(_EcomTaskConfig):
-    """Relation between two marked entities in a sentence (CNN over embeddings)."""
+    """Relation between two marked entities in a sentence (CNN; accuracy, macro F1)."""
 
     name: Literal["ecom_relation"]
 
 
 class EcomNerConfig(_EcomTaskConfig):
-    """BIO entity tagging of product titles (CNN tagger)."""
+    """BIO entities of product titles across platforms (CNN tagger; entity-level F1)."""
 
     name: Literal["ecom_ner"]
 
 
 class EcomLmConfig(_EcomTaskConfig):
-    """Causal LM over product text (tiny transformer); ``lora_rank`` trains and sends adapters only."""
+    """Causal LM over product text (tiny transformer; perplexity); LoRA adapters via lora_rank."""
 
     name: Literal["ecom_lm"]
     embed_dim: int = Field(default=128, ge=1, le=4096)  # d_model

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import fedray
 from fedray.config import config_from_dict
@@ -130,3 +131,36 @@ def test_client_count_must_match_the_natural_partition():
         config_from_dict(
             {"workload": {"name": "ecom_ner", "partition": {"scheme": "iid", "alpha": 1}}}
         )
+
+
+@pytest.mark.parametrize("name", ["ecom_intent", "ecom_relation", "ecom_ner", "ecom_lm"])
+def test_client_data_is_a_pure_function_of_seed_and_client(tmp_path, name):
+    raw = task_config(tmp_path, name, partition={"scheme": "dirichlet", "alpha": 1.0})
+    cfg = config_from_dict(raw).workload
+    a, b = make_workload(cfg, 3), make_workload(cfg, 3)  # as the driver and a worker build it
+    assert a.vocab.itos == b.vocab.itos
+    for k in (0, 5):
+        da, db = a.client_data(k), b.client_data(k)
+        for x, y in zip(
+            (da.x_train, da.y_train, da.x_test, da.y_test),
+            (db.x_train, db.y_train, db.x_test, db.y_test),
+            strict=True,
+        ):
+            assert torch.equal(x, y)
+    other = make_workload(cfg, 4)
+    assert not torch.equal(other.client_data(0).x_train[:5], a.client_data(0).x_train[:5])
+
+
+def test_cli_lists_the_workloads(capsys):
+    from fedray.cli import main
+
+    assert main(["workloads"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "synthetic",
+        "ecom_intent",
+        "ecom_relation",
+        "ecom_ner",
+        "ecom_lm",
+    ]
+    assert all(len(line.split(maxsplit=1)[1]) > 20 for line in lines)  # each has a description

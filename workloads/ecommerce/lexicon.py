@@ -79,6 +79,26 @@ PLATFORM_NAMES = ("ShopNova", "Marketly", "BuyHub", "Kaufhaus", "Tokomart", "Ven
 BRAND_ONSETS = ("Nor", "Ta", "Ve", "Kor", "Lu", "Bri", "Sa", "Mo", "Ze", "Ar", "Fi", "Quo", "Del")
 BRAND_CODAS = ("vik", "zelo", "ra", "dix", "mond", "tek", "lia", "no", "sto", "ven", "ka", "rex")
 
+# short forms some platforms use in titles (each platform abbreviates at its own rate)
+ABBREVIATIONS = {
+    "black": "blk",
+    "white": "wht",
+    "navy blue": "navy",
+    "olive green": "olive",
+    "sky blue": "lt blue",
+    "burgundy": "bordeaux",
+    "charcoal": "anthracite",
+    "stainless steel": "st. steel",
+    "polyester": "poly",
+    "aluminium": "alu",
+    "organic cotton": "bio cotton",
+    "recycled polyester": "rPET",
+    "cast iron": "cast-iron",
+    "t-shirt": "tee",
+    "charging cable": "usb cable",
+    "smartphone": "phone",
+}
+
 # filler words platforms put into titles (tagged O)
 TITLE_FILLERS = ("New", "Official", "2026", "Free Shipping", "Hot Sale", "Original", "Genuine")
 

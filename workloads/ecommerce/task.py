@@ -35,7 +35,7 @@ def load_world(world_cfg, seed: int) -> World:
 
 
 class TextTask(Workload):
-    """Base of ``ecom_intent``, ``ecom_relation`` and ``ecom_ner``."""
+    """Base of ``ecom_intent``, ``ecom_relation``, ``ecom_ner`` and ``ecom_lm``."""
 
     metric_names: tuple[str, ...] = ()
 

@@ -11,7 +11,8 @@ The generative story, top-down:
 3. Each platform has its own category mix π_p ~ Dir(1·1) (non-IID silos), lists each product with
    probability ∝ π_p[top] (so products overlap across platforms), spreads its listings over
    ``shops_per_platform`` shops, and has its own title convention (field order, separator,
-   fillers) and its own mix of customer-service intents ρ_p ~ Dir(0.7·1).
+   fillers, how often it abbreviates or mistypes attribute words) and its own mix of
+   customer-service intents ρ_p ~ Dir(0.7·1).
 4. Users belong to a platform and have a latent preference over leaf types ~ Dir(0.3·1) and a
    price sensitivity; they view and buy listings of their platform in time order.
 5. Text comes from templates: titles with gold BIO tags, descriptions, QA pairs, customer-service
@@ -39,7 +40,7 @@ from fedray import seeding
 from fedray.workloads.ecommerce import lexicon as lx
 from fedray.workloads.ecommerce.text import tokenize
 
-GENERATOR_VERSION = 2  # bump when the generative story changes, so stale caches are not reused
+GENERATOR_VERSION = 3  # bump when the generative story changes, so stale caches are not reused
 TAGS = ("BRAND", "TYPE", "COLOR", "SIZE", "MATERIAL", "MODEL")
 
 
@@ -211,6 +212,9 @@ def _platform(rng, name: str, num_tops: int) -> dict:
         "size_prefix": ["", "Size ", "Gr. ", ""][rng.integers(4)],
         "fillers": list(rng.choice(lx.TITLE_FILLERS, size=2, replace=False)),
         "drop_prob": float(rng.uniform(0.0, 0.3)),
+        # how often this platform's sellers abbreviate (lexicon.ABBREVIATIONS) or mistype a word
+        "abbrev_prob": float(rng.uniform(0.0, 0.6)),
+        "typo_prob": float(rng.uniform(0.0, 0.04)),
         # each platform phrases its customers' messages with its own subset of templates
         "template_keep": float(rng.uniform(0.6, 0.9)),
     }
@@ -235,9 +239,20 @@ def _title(rng, plat: dict, prod: Product) -> list[tuple[str, str]]:
             out += [(w, "O") for w in tokenize(plat["separator"])]
         if tag == "SIZE" and plat["size_prefix"]:
             out += [(w, "O") for w in tokenize(plat["size_prefix"])]
-        words = tokenize(values[tag])
+        value = values[tag]
+        if value in lx.ABBREVIATIONS and rng.random() < plat["abbrev_prob"]:
+            value = lx.ABBREVIATIONS[value]
+        words = [_typo(rng, w) if rng.random() < plat["typo_prob"] else w for w in tokenize(value)]
         out += [(w, ("B-" if k == 0 else "I-") + tag) for k, w in enumerate(words)]
     return out
+
+
+def _typo(rng, word: str) -> str:
+    """Swap two adjacent characters, the commonest typing error (Damerau 1964)."""
+    if len(word) < 3:
+        return word
+    i = int(rng.integers(len(word) - 1))
+    return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
 
 
 def _description(rng, prod: Product) -> str:
@@ -406,12 +421,16 @@ def load_or_generate(params: WorldParams, cache_dir: Path | None) -> World:
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
         pass  # missing or unreadable: regenerate; the world is a pure function of params
     world = generate(params)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # a private temporary name per writer: concurrent workers never see a half-written file
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             pickle.dump(world, f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, path)
     except OSError:
-        pass  # a read-only cache is a missed optimisation, not an error
+        # a read-only or full cache is a missed optimisation, not an error
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     return world

@@ -35,6 +35,7 @@ class EcomNer(TextTask):
         return read_conll(path)
 
     def targets(self, corpus: corpora.Corpus) -> np.ndarray:
+        # the tag set comes from the data (user files may tag other types); build_model needs it
         types = sorted({t[2:] for seq in corpus.tags for t in seq if t != "O"})
         self.tag_names = corpora.ner_tag_names(types)
         index = {t: i for i, t in enumerate(self.tag_names)}

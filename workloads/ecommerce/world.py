@@ -92,10 +92,6 @@ class World:
     triples: list[tuple[str, str, str]]
     interactions: dict[str, np.ndarray] = field(default_factory=dict)  # user, listing, t, kind
 
-    @property
-    def num_shops(self) -> int:
-        return self.params.num_platforms * self.params.shops_per_platform
-
 
 # ----------------------------------------------------------------------------- generation
 

@@ -94,6 +94,15 @@ def test_expand_crosses_variants_with_the_grid_and_resolves_configs(tmp_path):
     assert cfg.execution.num_workers == 1  # one actor per trial unless the sweep says otherwise
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_expand_to_valid_trials(path, tmp_path):
+    spec = load_sweep(path)
+    trials = expand(spec, root=tmp_path)
+    assert len({t.name for t in trials}) == len(trials) > 1
+    assert all(t.cfg.output.root == tmp_path.resolve() / spec.name for t in trials)
+    check_fits(trials, [{"CPU": 2.0}])  # each trial fits the 2-core laptop it is sized for
+
+
 def test_trial_resources_and_fit_check(tmp_path):
     path = write_sweep(
         tmp_path,

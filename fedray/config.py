@@ -309,6 +309,8 @@ class EcomLmConfig(_EcomTaskConfig):
     num_layers: int = Field(default=2, ge=1, le=48)
     num_heads: int = Field(default=4, ge=1, le=64)
     lora_rank: int | None = Field(default=None, ge=1, le=1024)
+    # Adam steps of central pre-training on a public world before federated training (0: none)
+    pretrain_steps: int = Field(default=0, ge=0, le=100000)
 
     @model_validator(mode="after")
     def _heads_divide_width(self):

@@ -8,6 +8,7 @@ import torch
 
 import fedray
 from fedray.config import config_from_dict
+from fedray.sim.evaluation import Evaluator
 from fedray.training import flat_params
 from fedray.workloads import make_workload
 from fedray.workloads.ecommerce.lm import unigram_perplexity
@@ -70,17 +71,36 @@ def test_lm_beats_a_unigram_model_and_lora_uploads_only_adapters(ray_session, tm
     ppl = full.rounds["eval_perplexity"]
     assert ppl.iloc[-1] < 0.5 * unigram and ppl.iloc[-1] < ppl.iloc[0]
 
-    raw = lm_config(tmp_path, lora_rank=4)
-    raw["rounds"] = 2
-    lora = fedray.run(config_from_dict(raw), progress=False)
+    # LoRA fine-tuning of a base pre-trained on the public world
+    raw = lm_config(tmp_path, lora_rank=4, pretrain_steps=30)
+    raw["rounds"] = 3
+    lora_cfg = config_from_dict(raw)
+    lora_task = make_workload(lora_cfg.workload, 2)  # pre-trains once; the run's actors load it
+    evaluator = Evaluator(lora_task, 2, 8, lora_cfg.workload.eval_clients)
+    base_ppl = evaluator(flat_params(lora_task.build_model()))["eval_perplexity"]  # B = 0: the base
+    lora = fedray.run(lora_cfg, progress=False)
+    assert base_ppl < unigram  # pre-training on other (public) text already transfers
+    assert lora.rounds["eval_perplexity"].iloc[-1] < base_ppl  # and the adapters improve on it
     n_full = sum(p.numel() for p in task.build_model().parameters())
-    n_lora = sum(
-        p.numel()
-        for p in make_workload(config_from_dict(raw).workload, 2).build_model().parameters()
-    )
+    n_lora = sum(p.numel() for p in lora_task.build_model().parameters())
     done = lambda r: r.clients[r.clients.status == "completed"]  # noqa: E731
     assert (done(full)["bytes_up"] == 1 + 4 * n_full).all()  # codec none: 1-byte id + float32s
     assert (done(lora)["bytes_up"] == 1 + 4 * n_lora).all()
     assert (done(lora)["bytes_down"] == 1 + 4 * n_lora).all()
     assert n_full > 10 * n_lora
-    assert np.isfinite(lora.rounds["eval_perplexity"]).all()
+
+
+def test_pretrained_base_is_cached_and_shared_by_every_process(tmp_path, monkeypatch):
+    cfg = config_from_dict(lm_config(tmp_path, lora_rank=2, pretrain_steps=5)).workload
+    first = make_workload(cfg, 2).build_model()
+    import fedray.workloads.ecommerce.pretrain as pretrain
+
+    def no_training(*args):
+        raise AssertionError("a cached base must not be trained again")
+
+    monkeypatch.setattr(pretrain, "_train", no_training)
+    again = make_workload(cfg, 2).build_model()  # as a pool actor builds it: from the cache
+    for (name, x), (_, y) in zip(first.named_buffers(), again.named_buffers(), strict=True):
+        assert torch.equal(x, y), name
+    random_base = make_workload(config_from_dict(lm_config(tmp_path, lora_rank=2)).workload, 2)
+    assert not torch.equal(random_base.build_model().tok, first.tok)

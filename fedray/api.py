@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -55,6 +56,18 @@ def check_address(address: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
+def keep_local_ray_on_loopback(cfg: Config) -> None:
+    """Make a Ray that this process will start itself listen on 127.0.0.1 only.
+
+    On Linux, Ray replaces a 127.0.0.1 node address with the host's network address and binds its
+    servers (GCS, raylet, workers) on every interface; with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+    (read once, when ``ray`` is imported) it keeps a local instance on loopback. Not for a driver
+    joining a cluster (``execution.address``): the cluster must be able to reach it.
+    """
+    if not cfg.execution.address and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def start_ray(cfg: Config, verbose: bool) -> bool:
     """Connect to or start Ray. Returns True if this call started it (and must stop it)."""
     import ray
@@ -89,6 +102,7 @@ def start_ray(cfg: Config, verbose: bool) -> bool:
 
 def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
     """Run the simulation described by ``cfg`` and return its :class:`Result`."""
+    keep_local_ray_on_loopback(cfg)
     import ray
     import torch
 

@@ -102,9 +102,10 @@ def run_study(
         cfg.output.name = variant
         configs[variant] = cfg  # validate every variant before running any
 
-    import ray
+    from fedray.api import keep_local_ray_on_loopback, start_ray
 
-    from fedray.api import start_ray
+    keep_local_ray_on_loopback(next(iter(configs.values())))
+    import ray
 
     owns_ray = start_ray(next(iter(configs.values())), verbose)  # one Ray for every variant
     try:

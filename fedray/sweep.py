@@ -323,9 +323,10 @@ def run_sweep(
         # A failed or interrupted attempt is replaced, but only once the rerun succeeds.
         trial.cfg.output.overwrite = (sweep_dir / trial.name).exists()
 
-    import ray
+    from fedray.api import check_address, keep_local_ray_on_loopback, start_ray
 
-    from fedray.api import check_address, start_ray
+    keep_local_ray_on_loopback(ray_cfg)
+    import ray
 
     errors: dict[str, str] = {}
     address = ray_cfg.execution.address

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+
+# Keep every Ray the tests start (the session fixture, `ray start` nodes, fedray subprocesses) on
+# 127.0.0.1: on Linux, Ray otherwise binds on all interfaces. Set before any test module imports
+# ray (see fedray.api.keep_local_ray_on_loopback).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest
 

@@ -187,8 +187,12 @@ def two_node_cluster():
     """
     tmp = tempfile.mkdtemp(prefix="frc-", dir="/tmp")  # short: Unix socket paths <= 107 chars
     port = free_port()
+    # conftest keeps single-node Rays on loopback with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, but
+    # `ray start --address` refuses to join a cluster in that mode; multi-node Ray 2.60 binds on
+    # every interface, so the token below is what keeps this cluster private.
+    base_env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     env = {
-        **os.environ,
+        **base_env,
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "RAY_USAGE_STATS_ENABLED": "0",

@@ -65,7 +65,12 @@ def spec(num_clients: int, per_round: int, root: str) -> dict:
             "profile": {"speed": {"dist": "lognormal", "median": 200, "sigma": 0.5}},
         },
         "execution": {"clients_per_task": 50},
-        "output": {"root": root, "name": f"n{num_clients}_k{per_round}", "tensorboard": False},
+        "output": {
+            "root": root,
+            "name": f"n{num_clients}_k{per_round}",
+            "overwrite": True,  # both sweeps run N = 1M, K = 1000
+            "tensorboard": False,
+        },
     }
 
 

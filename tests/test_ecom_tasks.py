@@ -176,3 +176,19 @@ def test_more_clients_than_the_data_can_fill_is_a_one_line_error(tmp_path):
     ) as err:
         make_workload(config_from_dict(raw).workload, 0)
     assert "\n" not in str(err.value)
+
+
+def test_same_tables_for_one_and_two_workers(ray_session, tmp_path):
+    from fedray.results.schema import NONDETERMINISTIC_COLUMNS
+
+    raw = task_config(tmp_path, "ecom_relation", partition={"scheme": "dirichlet", "alpha": 0.5})
+    raw.update(rounds=2)
+    runs = []
+    for workers in (1, 2):
+        raw["execution"]["num_workers"] = workers
+        raw["output"]["name"] = f"w{workers}"
+        runs.append(fedray.run(config_from_dict(raw), progress=False))
+    one, two = runs
+    cols = [c for c in one.rounds.columns if c not in NONDETERMINISTIC_COLUMNS]
+    pd.testing.assert_frame_equal(one.rounds[cols], two.rounds[cols], check_exact=True)
+    pd.testing.assert_frame_equal(one.clients, two.clients, check_exact=True)

@@ -149,6 +149,10 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
                 f"execution.num_workers={num_workers} × cpus_per_worker={cfg.execution.cpus_per_worker:g} "
                 f"needs more than the {available:g} CPUs Ray has; lower either"
             )
+        # Built before the pool: a workload that generates or pre-trains something caches it,
+        # so the actors load it instead of each building it at once; bad input fails here too.
+        workload = make_workload(cfg.workload, cfg.seed)
+        resolve_mode(cfg.execution.vectorize, workload)  # a one-line error if forced on in vain
         pool = WorkerPool(
             num_workers,
             cpus_per_worker=cfg.execution.cpus_per_worker,
@@ -163,11 +167,9 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
             ),
         )
         # The driver prepares its side while the actors import torch.
-        workload = make_workload(cfg.workload, cfg.seed)
         partition = workload.client_statistics()
         if partition is not None:
             run_dir.write_table(PARTITION_FILE, partition)
-        resolve_mode(cfg.execution.vectorize, workload)  # a one-line error if forced on in vain
         evaluator = Evaluator(
             workload, cfg.seed, cfg.clients.num_clients, cfg.workload.eval_clients
         )

@@ -131,12 +131,16 @@ def train_block(
     batch_size: int,
     mu: float = 0.0,
 ) -> BlockResult:
-    """Minibatch SGD for every job at once; see the module docstring for what "at once" means."""
+    """Minibatch SGD for every job at once; see the module docstring for what "at once" means.
+
+    Each layer's weight and bias are kept as one [K, in + 1, out] array (the bias as the weight of
+    an input that is always 1), so a layer is one batched matmul forward and one backward."""
     order, steps, active, block_start, rows = _schedule(jobs, batch_size)
     num_classes = shapes[-1][0]
     valid = rows >= 0
     safe = np.where(valid, rows, 0)  # padded slots read row 0; their weight 0 cancels them
-    x = np.concatenate([jobs[k].x for k in order]).astype(np.float32, copy=False)[safe]
+    features = np.concatenate([jobs[k].x for k in order]).astype(np.float32, copy=False)
+    x = np.concatenate([features, np.ones((len(features), 1), np.float32)], axis=1)[safe]
     y = np.concatenate([jobs[k].y for k in order])[safe]
     # Row weight 1/|batch| makes Σ_rows weight·CE the batch-mean loss of the sequential path.
     weight = (valid / np.maximum(valid.sum(1, keepdims=True), 1)).astype(np.float32)[..., None]
@@ -145,21 +149,24 @@ def train_block(
     target *= weight  # weighted one-hot: the loss is −Σ target·log_softmax
 
     def stack(vectors: list[np.ndarray]) -> list[np.ndarray]:
-        """Per layer [W (K, out, in), b (K, out)] from flat per-client vectors, in rank order."""
+        """Per layer [W^T; b] (K, in + 1, out) from flat per-client vectors, in rank order."""
         flat = np.stack([vectors[k] for k in order]).astype(np.float32)
-        tensors, at = [], 0
+        layers, at = [], 0
         for out, inp in shapes:
-            tensors.append(flat[:, at : at + out * inp].reshape(-1, out, inp).copy())
-            tensors.append(flat[:, at + out * inp : at + out * inp + out].copy())
+            w = flat[:, at : at + out * inp].reshape(-1, out, inp)
+            b = flat[:, at + out * inp : at + out * inp + out]
+            layers.append(np.concatenate([w.transpose(0, 2, 1), b[:, None, :]], axis=1))
             at += out * inp + out
-        return tensors
+        return layers
 
     params = stack([j.start for j in jobs])
     anchor = stack([j.start for j in jobs]) if mu > 0 else None
-    has_correction = any(j.correction is not None for j in jobs)
-    if has_correction:
+    correction = None
+    if any(j.correction is not None for j in jobs):
         zero = np.zeros_like(jobs[0].start)
         correction = stack([zero if j.correction is None else j.correction for j in jobs])
+    # Hidden activations with their constant-1 column, reused every step (views [:a]).
+    hidden = [np.ones((len(jobs), batch_size, out + 1), np.float32) for out, _ in shapes[:-1]]
     loss_sum = np.zeros(len(jobs), dtype=np.float64)
     last = len(shapes) - 1
 
@@ -168,32 +175,38 @@ def train_block(
         block = slice(int(block_start[t]), int(block_start[t]) + a)
         h = x[block]
         inputs = []
-        for layer in range(len(shapes)):
-            w, b = params[2 * layer][:a], params[2 * layer + 1][:a]
+        for layer in range(last + 1):
             inputs.append(h)
-            h = np.matmul(h, w.transpose(0, 2, 1)) + b[:, None, :]
+            z = np.matmul(h, params[layer][:a])
             if layer < last:
-                h = np.maximum(h, 0.0)
-        shifted = h - h.max(axis=2, keepdims=True)
+                h = hidden[layer][:a]
+                np.maximum(z, 0.0, out=h[..., :-1])
+        shifted = z - z.max(axis=2, keepdims=True)
         exp = np.exp(shifted)
         total = exp.sum(axis=2, keepdims=True)
-        log_softmax = shifted - np.log(total)
-        loss_sum[:a] -= (log_softmax * target[block]).sum(axis=(1, 2))
+        loss_sum[:a] -= ((shifted - np.log(total)) * target[block]).sum(axis=(1, 2))
         # d loss / d logits = (softmax − one-hot) / |batch|, masked rows 0.
         delta = exp * (weight[block] / total) - target[block]
         for layer in range(last, -1, -1):
-            w, b = params[2 * layer][:a], params[2 * layer + 1][:a]
-            grads = [np.matmul(delta.transpose(0, 2, 1), inputs[layer]), delta.sum(axis=1)]
+            p = params[layer][:a]
+            grad = np.matmul(inputs[layer].transpose(0, 2, 1), delta)
             if layer > 0:  # propagate with the weights before this step's update
-                delta = np.matmul(delta, w) * (inputs[layer] > 0)
-            for i, (p, g) in enumerate(zip((w, b), grads, strict=True)):
-                if anchor is not None:
-                    g += mu * (p - anchor[2 * layer + i][:a])
-                if has_correction:
-                    g += correction[2 * layer + i][:a]
-                p -= lr * g
+                below = inputs[layer][..., :-1]
+                delta = np.matmul(delta, p[:, :-1, :].transpose(0, 2, 1)) * (below > 0)
+            if anchor is not None:
+                grad += mu * (p - anchor[layer][:a])
+            if correction is not None:
+                grad += correction[layer][:a]
+            p -= lr * grad
 
-    flat = np.concatenate([p.reshape(len(jobs), -1) for p in params], axis=1)
+    flat = np.concatenate(
+        [
+            part.reshape(len(jobs), -1)
+            for p in params
+            for part in (p[:, :-1, :].transpose(0, 2, 1), p[:, -1, :])
+        ],
+        axis=1,
+    )
     unsorted = np.empty_like(flat)
     unsorted[order] = flat
     losses = np.empty(len(jobs), dtype=np.float64)

@@ -191,7 +191,7 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
             run_dir.rounds.append({k: [v] for k, v in row.items()})
             run_dir.clients.append(events)
             if tb is not None:
-                staleness = events["staleness"]
+                staleness = np.asarray(events["staleness"])
                 pending_hist["durations"].append(durations)
                 pending_hist["staleness"].append(staleness[staleness >= 0])
                 if row["round"] % tb_every == 0 or row["round"] == cfg.rounds:

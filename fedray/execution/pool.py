@@ -156,6 +156,11 @@ class WorkerPool:
                 self._outstanding[entry[1]] -= entry[3]
                 entry[3] = 0.0
 
+    def done(self, ticket: int) -> bool:
+        """Whether a submitted group's result is ready (never blocks)."""
+        ready, _ = ray.wait([self._tickets[ticket][0]], num_returns=1, timeout=0)
+        return bool(ready)
+
     def fetch(self, ticket: int) -> GroupResult:
         """The result of a submitted group (blocking); a dead actor is replaced and its groups
         are resubmitted."""

@@ -93,15 +93,40 @@ class _Version:
         return self.ref
 
 
+_EVENT_COLUMNS = (
+    "client_id",
+    "status",
+    "model_version",
+    "staleness",
+    "dispatch_time_s",
+    "finish_time_s",
+    "download_s",
+    "compute_s",
+    "upload_s",
+    "num_samples",
+    "local_epochs",
+    "bytes_up",
+    "bytes_down",
+    "train_loss",
+)
+
+
 @dataclass
 class _Window:
-    """Everything that happened since the previous server step (one row's worth)."""
+    """Everything that happened since the previous server step (one row's worth). Events are
+    kept as plain column lists: FedAsync takes a step per arrival, and per-step numpy work would
+    cost more than the step."""
 
     start_s: float = 0.0
     dispatched: int = 0
     bytes_down: int = 0
     bytes_down_raw: int = 0
-    events: list[dict] = field(default_factory=list)
+    bytes_up: int = 0
+    arrived: int = 0
+    dropped: int = 0
+    stale: int = 0
+    durations: list[float] = field(default_factory=list)  # of the updates aggregated
+    events: dict[str, list] = field(default_factory=lambda: {c: [] for c in _EVENT_COLUMNS})
 
 
 class AsyncDriver:
@@ -303,6 +328,11 @@ class AsyncDriver:
             self._submit_pending()
         entry = self._groups[task.ticket]
         if entry[0] is None:
+            half_group = max(1, self.cfg.execution.clients_per_task // 2)
+            if len(self._pending) >= half_group and not self.pool.done(task.ticket):
+                # About to block: hand the actors what is already dispatched rather than let
+                # them drain their queues while the driver waits.
+                self._submit_pending()
             entry[0] = self.pool.fetch(task.ticket)
         result = entry[0]
         entry[1] -= 1
@@ -313,37 +343,42 @@ class AsyncDriver:
     # ------------------------------------------------------------------ recording
 
     def _resolve(self, task: InFlight, status: str, staleness: int = -1, loss=np.nan) -> None:
+        window = self._window
         arrived = status != DROPPED
-        self._window.events.append(
-            {
-                "client_id": task.client_id,
-                "status": status,
-                "model_version": task.version,
-                "staleness": staleness,
-                "dispatch_time_s": task.dispatch_s,
-                "finish_time_s": task.finish_s,
-                "download_s": task.download_s,
-                "compute_s": task.compute_s,
-                "upload_s": task.upload_s,
-                "num_samples": task.num_samples,
-                "local_epochs": task.local_epochs,
-                "bytes_up": self.links.update_bytes if arrived else 0,
-                "bytes_down": task.bytes_down,
-                "train_loss": loss,
-            }
+        bytes_up = self.links.update_bytes if arrived else 0
+        values = (
+            task.client_id,
+            status,
+            task.version,
+            staleness,
+            task.dispatch_s,
+            task.finish_s,
+            task.download_s,
+            task.compute_s,
+            task.upload_s,
+            task.num_samples,
+            task.local_epochs,
+            bytes_up,
+            task.bytes_down,
+            loss,
         )
+        for column, value in zip(window.events.values(), values, strict=True):
+            column.append(value)
+        window.bytes_up += bytes_up
+        window.arrived += arrived
+        window.dropped += status == DROPPED
+        window.stale += status == STALE
+        if status == COMPLETED:
+            window.durations.append(task.finish_s - task.dispatch_s)
 
     def _step_taken(self, wall_start: float) -> None:
         cfg, state, window = self.cfg, self.state, self._window
         state.round += 1
-        events = {k: np.array([e[k] for e in window.events]) for k in window.events[0]}
-        status = events["status"]
-        arrived = status != DROPPED
-        bytes_up = int(events["bytes_up"].sum())
-        bytes_up_raw = int(arrived.sum()) * self.links.raw_bytes
-        state.cum_bytes_up += bytes_up
+        bytes_up_raw = window.arrived * self.links.raw_bytes
+        state.cum_bytes_up += window.bytes_up
         state.cum_bytes_down += window.bytes_down
-        stale, losses, samples = (np.array(c) for c in zip(*self._aggregated, strict=True))
+        stale = [s for s, _, _ in self._aggregated]
+        samples = sum(n for _, _, n in self._aggregated)
         metrics = {
             "eval_loss": np.nan,
             "eval_accuracy": np.nan,
@@ -361,29 +396,27 @@ class AsyncDriver:
             "num_selected": window.dispatched,
             "num_completed": len(stale),
             "num_partial": 0,
-            "num_dropped": int((status == DROPPED).sum()),
+            "num_dropped": window.dropped,
             "num_stragglers": 0,
-            "num_stale": int((status == STALE).sum()),
+            "num_stale": window.stale,
             "num_aggregated": len(stale),
-            "staleness_mean": float(stale.mean()),
-            "staleness_max": int(stale.max()),
-            "bytes_up": bytes_up,
+            "staleness_mean": sum(stale) / len(stale),
+            "staleness_max": max(stale),
+            "bytes_up": window.bytes_up,
             "bytes_down": window.bytes_down,
             "bytes_up_raw": bytes_up_raw,
             "bytes_down_raw": window.bytes_down_raw,
-            "compression_ratio": bytes_up_raw / bytes_up if bytes_up else np.nan,
+            "compression_ratio": bytes_up_raw / window.bytes_up if window.bytes_up else np.nan,
             "cum_bytes_up": state.cum_bytes_up,
             "cum_bytes_down": state.cum_bytes_down,
-            "train_loss": float(np.average(losses, weights=samples))
-            if samples.sum() > 0
+            "train_loss": sum(loss * n for _, loss, n in self._aggregated) / samples
+            if samples > 0
             else np.nan,
             **metrics,
         }
-        events["round"] = np.full(len(status), state.round, dtype=np.int64)
-        durations = (
-            events["finish_time_s"][status == COMPLETED]
-            - events["dispatch_time_s"][status == COMPLETED]
-        )
+        events = window.events
+        events["round"] = [state.round] * len(events["status"])
+        durations = np.asarray(window.durations)
         self.record(row, events, durations)
         self._window = _Window(start_s=state.sim_time_s)
         self._aggregated = []

@@ -30,8 +30,9 @@ class Links:
     def broadcast(self, params: np.ndarray, key: int) -> tuple[np.ndarray, int]:
         """The model clients start from (as decoded from the downlink payload) and the payload's
         length; ``key`` is the round (sync) or model version (async)."""
-        rng = seeding.generator(self.seed, "downlink", 0, key)
-        payload = self.downlink.encode(params, self.segments, rng)
+        # The downlink codecs (none, fp16, bf16, int8) are deterministic: no generator needed,
+        # which matters when FedAsync broadcasts a new version per arrival.
+        payload = self.downlink.encode(params, self.segments, None)
         return self.downlink.decode(payload, self.segments), len(payload)
 
     def check_uploads(self, bytes_up: np.ndarray) -> None:

@@ -496,9 +496,10 @@ class ExecutionConfig(_Model):
     clients_per_task: int = Field(default=10, ge=1)
     address: str | None = None
     object_store_mb: int = Field(default=256, ge=80)
-    # Off by default: regenerating a client's data costs ~5-7% of its training, while a cache
-    # holds a copy per worker and grew each worker by ~130 MB at K=1000 (benchmarks/).
-    data_cache_mb: int = Field(default=0, ge=0)
+    # Small by default: with vectorized training, regenerating a client's data is about half of
+    # a worker's work, but every worker holds its own copy; 32 MB keeps the K=100 benchmark's
+    # whole process tree under 1.2 GB (64 MB took it to ~1.23 GB). See benchmarks/README.md.
+    data_cache_mb: int = Field(default=32, ge=0)
     client_state_mb: int = Field(default=256, ge=0, description="in-memory per-client state")
     # auto: train each group as one batched computation where the workload's model allows it
     # (fedray/execution/batched.py); on: insist (an error where it cannot); off: client by client.

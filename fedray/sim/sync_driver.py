@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,11 +123,29 @@ class SyncDriver:
 
     def run(self) -> DriverState:
         wall_start = time.perf_counter()
-        for _ in range(self.cfg.rounds):
-            self.step(wall_start)
+        # Round r's evaluation runs on a driver thread while round r+1 trains: done in between,
+        # it kept every actor idle (~10 ms a round for Synthetic, ~10% of a K=100 round).
+        # Rows are still recorded in round order, each with its own model's metrics.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedray-eval") as thread:
+            previous = None
+            for _ in range(self.cfg.rounds):
+                row, events, durations, params = self.step(wall_start)
+                if previous is not None:
+                    self._record(*previous)
+                evaluation = thread.submit(self.evaluate, params) if params is not None else None
+                previous = (row, events, durations, evaluation)
+            if previous is not None:
+                self._record(*previous)
         return self.state
 
-    def step(self, wall_start: float) -> None:
+    def _record(self, row: dict, events: dict, durations: np.ndarray, evaluation) -> None:
+        if evaluation is not None:
+            row.update(evaluation.result())
+        self.record(row, events, durations)
+
+    def step(self, wall_start: float) -> tuple[dict, dict, np.ndarray, np.ndarray | None]:
+        """Train one round; returns its row (metrics still NaN), its client events, the
+        accepted clients' durations, and the model to evaluate (None when not evaluated)."""
         cfg, state = self.cfg, self.state
         round_ = state.round + 1
         cohort = select_clients(
@@ -240,8 +259,7 @@ class SyncDriver:
             "global_train_loss": np.nan,
             "global_train_accuracy": np.nan,
         }
-        if round_ % cfg.eval_every == 0 or round_ == cfg.rounds:
-            metrics = self.evaluate(state.server.params)
+        evaluate = round_ % cfg.eval_every == 0 or round_ == cfg.rounds
 
         accepted = plan.accepted
         weights = num_samples[accepted]
@@ -290,4 +308,4 @@ class SyncDriver:
             "bytes_down": plan.bytes_down,
             "train_loss": losses,
         }
-        self.record(row, events, plan.finish_s[accepted])
+        return row, events, plan.finish_s[accepted], state.server.params if evaluate else None

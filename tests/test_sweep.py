@@ -18,17 +18,15 @@ import yaml
 from fedray.cli import main
 from fedray.errors import ConfigError, UserError
 from fedray.sweep import (
-    SUMMARY_SCHEMA,
-    SweepProgress,
     check_fits,
     expand,
     grid_points,
     load_sweep,
     run_sweep,
-    summary_table,
     trial_bundles,
     trial_names,
 )
+from fedray.sweep_report import SUMMARY_SCHEMA, SweepProgress, summary_table
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {

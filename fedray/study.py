@@ -129,10 +129,11 @@ def time_to_target(table, target: float):
     time, round and uploaded bytes (NaN where the target was never reached)."""
     import pandas as pd
 
+    from fedray.results.result import first_reaching
+
     rows = []
     for variant, runs in table.groupby("variant", sort=False):
-        reached = runs[runs.eval_accuracy >= target]
-        first = reached.iloc[0] if len(reached) else None
+        first = first_reaching(runs, target)
         rows.append(
             {
                 "variant": variant,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fedray.results.result import first_reaching
 from fedray.results.writer import ROUNDS_FILE
 from fedray.results.writer import SUMMARY_FILE as SUMMARY_JSON
 
@@ -80,13 +81,11 @@ def trial_row(run_dir: Path, target: float | None, error: str | None) -> dict[st
             final_accuracy=float(evaluated.eval_accuracy.iloc[-1]),
             final_loss=float(evaluated.eval_loss.iloc[-1]),
         )
-    if target is not None:
-        reached = evaluated[evaluated.eval_accuracy >= target]
-        if len(reached):
-            row.update(
-                sim_time_to_target_s=float(reached.sim_time_s.iloc[0]),
-                rounds_to_target=int(reached["round"].iloc[0]),
-            )
+    first = first_reaching(evaluated, target) if target is not None else None
+    if first is not None:
+        row.update(
+            sim_time_to_target_s=float(first.sim_time_s), rounds_to_target=int(first["round"])
+        )
     return row
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import fedray
-from fedray.config import config_from_dict, load_config
+from fedray.config import apply_overrides, config_from_dict, load_config
 from fedray.errors import ConfigError
 from fedray.results.schema import NONDETERMINISTIC_COLUMNS
 from fedray.strategies import FedAsync, FedAvg, FedAvgM, StalenessWeight
@@ -118,6 +118,11 @@ def test_async_config_errors_name_the_fix(data, message):
 # ---------------------------------------------------------------------------- real runs
 
 
+def with_changes(cfg: dict, changes: dict) -> dict:
+    """``section__key=value`` keyword changes applied as config overrides."""
+    return apply_overrides(cfg, [(k.replace("__", "."), v) for k, v in changes.items()])
+
+
 def hand_built(tmp_path, durations, **changes) -> dict:
     """N = C clients whose task takes exactly ``durations[k]`` simulated seconds (transfers are
     made negligible): with every client always in flight, each slot is refilled by the client
@@ -147,13 +152,7 @@ def hand_built(tmp_path, durations, **changes) -> dict:
         "execution": {"clients_per_task": 2},
         "output": {"root": str(tmp_path / "results"), "name": "hand"},
     }
-    for key, value in changes.items():
-        node = cfg
-        *parents, leaf = key.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return cfg
+    return with_changes(cfg, changes)
 
 
 def test_event_order_and_staleness_on_a_hand_built_population(ray_session, tmp_path):
@@ -241,13 +240,7 @@ def async_config(tmp_path, **changes) -> dict:
         "execution": {"clients_per_task": 3},
         "output": {"root": str(tmp_path / "results")},
     }
-    for key, value in changes.items():
-        node = cfg
-        *parents, leaf = key.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return cfg
+    return with_changes(cfg, changes)
 
 
 def test_async_tables_are_identical_for_one_two_and_four_workers(ray_session, tmp_path):

@@ -22,14 +22,8 @@ REPO = Path(__file__).parents[1]
 
 
 def run(small_config, **changes):
-    cfg = small_config
-    for key, value in changes.items():
-        node = cfg
-        *parents, leaf = key.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return fedray.run(config_from_dict(cfg), progress=False)
+    overrides = [(k.replace("__", "."), v) for k, v in changes.items()]
+    return fedray.run(config_from_dict(small_config, overrides), progress=False)
 
 
 def test_cli_run_writes_a_complete_run_directory(ray_session, tmp_path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedray.training import TrainStats
+from fedray.training import TrainStats, local_sgd
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,6 @@ class Workload(ABC):
     def build_model(self) -> torch.nn.Module:
         """A fresh model. Initial global weights come from the driver, not from this call."""
 
-    @abstractmethod
     def local_train(
         self,
         model: torch.nn.Module,
@@ -73,7 +72,21 @@ class Workload(ABC):
         correction: list[torch.Tensor] | None = None,
     ) -> TrainStats:
         """Train ``model`` in place on the client's train split. ``correction`` (one tensor per
-        parameter) is added to every gradient step — SCAFFOLD's c − c_k."""
+        parameter) is added to every gradient step — SCAFFOLD's c − c_k.
+
+        The default is :func:`fedray.training.local_sgd` (cross-entropy, FedProx's μ) on
+        ``(x_train, y_train)``; override it for another local algorithm or loss."""
+        return local_sgd(
+            model,
+            data.x_train,
+            data.y_train,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            mu=mu,
+            rng=rng,
+            correction=correction,
+        )
 
     def vectorizable(self) -> bool:
         """Whether ``local_train`` is exactly :func:`fedray.training.local_sgd` with the

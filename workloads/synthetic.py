@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fedray import seeding
-from fedray.training import TrainStats, evaluate_classifier, local_sgd
+from fedray.training import evaluate_classifier
 from fedray.workloads.base import ClientData, Workload
 
 NUM_FEATURES = 60
@@ -92,21 +92,6 @@ class Synthetic(Workload):
                 nn.Linear(self.cfg.hidden, NUM_CLASSES),
             )
         return nn.Linear(NUM_FEATURES, NUM_CLASSES)  # multinomial logistic regression
-
-    def local_train(
-        self, model, data, *, epochs, lr, batch_size, mu, rng, correction=None
-    ) -> TrainStats:
-        return local_sgd(
-            model,
-            data.x_train,
-            data.y_train,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            mu=mu,
-            rng=rng,
-            correction=correction,
-        )
 
     def vectorizable(self) -> bool:
         return True  # local_sgd with cross-entropy; logreg and the MLP are dense ReLU stacks

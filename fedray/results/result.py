@@ -64,3 +64,10 @@ class Result:
 
     def __repr__(self) -> str:
         return f"Result({str(self.path)!r})"
+
+
+def first_reaching(rounds: pd.DataFrame, target: float) -> pd.Series | None:
+    """The first row of a rounds table whose ``eval_accuracy`` reaches ``target`` — the
+    "time to target" of studies and sweeps — or None (rows without evaluation never reach it)."""
+    reached = rounds[rounds.eval_accuracy >= target]
+    return reached.iloc[0] if len(reached) else None

@@ -30,23 +30,18 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import ray
 
-from fedray.clients.profiles import ProfileModel
 from fedray.config import Config
 from fedray.errors import UserError
-from fedray.execution.pool import WorkerPool
 from fedray.execution.worker import GroupResult, Task
-from fedray.sim.dispatch import DispatchPlanner
-from fedray.sim.evaluation import Evaluator, initial_params
-from fedray.sim.links import Links, close_residual_store
+from fedray.sim.dispatch import DispatchPlan, DispatchPlanner
+from fedray.sim.driver import Driver, DriverState, enough_updates
 from fedray.sim.round_plan import COMPLETED, DROPPED
-from fedray.sim.sync_driver import DriverState, enough_updates
-from fedray.strategies import FedAsync, make_strategy, staleness_weight
+from fedray.strategies import FedAsync, staleness_weight
 from fedray.strategies.fedbuff import UpdateBuffer
 from fedray.workloads import Workload
 
@@ -56,22 +51,19 @@ _INLINE_BYTES = 64 * 1024
 
 @dataclass
 class InFlight:
-    """One dispatched client task, everything about it fixed at dispatch."""
+    """One dispatched client task: its plan (fixed at dispatch) and where it trains."""
 
     seq: int  # dispatch number: keys the client's shuffling, codec and dropout draws
-    client_id: int
     version: int  # model version it starts from
     dispatch_s: float
-    finish_s: float  # arrival, or the instant it drops out
-    dropped: bool
-    download_s: float
-    compute_s: float
-    upload_s: float
-    num_samples: int
-    local_epochs: int
-    bytes_down: int
+    plan: DispatchPlan
     ticket: int | None = None  # pool ticket of the group it trains in; None until submitted
     row: int = 0  # its row in that group's result
+
+    @property
+    def finish_s(self) -> float:
+        """Arrival, or the instant it drops out."""
+        return self.dispatch_s + self.plan.duration_s
 
 
 @dataclass
@@ -129,25 +121,10 @@ class _Window:
     events: dict[str, list] = field(default_factory=lambda: {c: [] for c in _EVENT_COLUMNS})
 
 
-class AsyncDriver:
-    def __init__(
-        self,
-        cfg: Config,
-        workload: Workload,
-        profiles: ProfileModel,
-        pool: WorkerPool,
-        evaluator: Evaluator,
-        recorder: Callable[..., None],
-        state_dir=None,
-    ):
-        self.cfg = cfg
-        self.workload = workload
-        self.profiles = profiles
-        self.pool = pool
-        self.evaluate = evaluator
-        self.record = recorder
+class AsyncDriver(Driver):
+    def __init__(self, cfg: Config, workload: Workload, *args, **kwargs):
+        super().__init__(cfg, workload, *args, **kwargs)
         acfg = cfg.asynchronous
-        self.strategy = make_strategy(cfg.strategy, acfg)
         self.fedasync = isinstance(self.strategy, FedAsync)
         self.buffer_size = 1 if self.fedasync else (acfg.buffer_size or 10)
         self.buffer = (
@@ -160,16 +137,10 @@ class AsyncDriver:
                 weighting=acfg.weighting,
             )
         )
-        params = initial_params(workload, cfg.seed)
-        self.state = DriverState(server=self.strategy.init(params))
-        segments = tuple(p.numel() for p in workload.build_model().parameters())
-        self.links = Links(cfg, segments, params.size)
-        self.state_dir = state_dir
-        self.residuals = self.links.residual_store(cfg.execution.client_state_mb, state_dir)
         self.planner = DispatchPlanner(
             seed=cfg.seed,
             num_clients=cfg.clients.num_clients,
-            profiles=profiles,
+            profiles=self.profiles,
             num_train_samples=workload.num_train_samples,
             local_epochs=cfg.client.local_epochs,
             update_bytes=self.links.update_bytes,
@@ -184,9 +155,6 @@ class AsyncDriver:
         self._next_seq = 0
         self._window = _Window()
         self._aggregated: list[tuple[int, float, int]] = []  # (staleness, loss, samples)
-
-    def close(self) -> None:
-        close_residual_store(self.residuals, self.state_dir)
 
     # ------------------------------------------------------------------ the event loop
 
@@ -207,9 +175,9 @@ class AsyncDriver:
                 )
             finish_s, seq = heapq.heappop(self._events)
             task = self._in_flight.pop(seq)
-            self._busy.discard(task.client_id)
+            self._busy.discard(task.plan.client_id)
             self.state.sim_time_s = finish_s
-            if task.dropped:
+            if task.plan.dropped:
                 self._resolve(task, DROPPED)
             else:
                 self._arrive(task, wall_start)
@@ -222,10 +190,9 @@ class AsyncDriver:
         result = self._result_of(task)
         update = result.updates[task.row]
         loss = float(result.train_loss[task.row])
-        self.links.check_uploads(result.bytes_up[task.row : task.row + 1])
-        if self.residuals is not None and task.client_id in result.residuals:
+        if self.residuals is not None and task.plan.client_id in result.residuals:
             # The client keeps its residual whether or not the server uses the update.
-            self.residuals.put(task.client_id, result.residuals[task.client_id])
+            self.residuals.put(task.plan.client_id, result.residuals[task.plan.client_id])
         state = self.state
         staleness = state.server.version - task.version
         max_staleness = self.cfg.asynchronous.max_staleness
@@ -233,13 +200,13 @@ class AsyncDriver:
             self._resolve(task, STALE, staleness=staleness, loss=loss)
             return
         self._resolve(task, COMPLETED, staleness=staleness, loss=loss)
-        self._aggregated.append((staleness, loss, task.num_samples))
+        self._aggregated.append((staleness, loss, task.plan.num_samples))
         if self.fedasync:
             client_model = self._versions[task.version].params + update
             state.server = self.strategy.mix(state.server, client_model, staleness)
             self._step_taken(wall_start)
             return
-        self.buffer.add(update, staleness, task.num_samples)
+        self.buffer.add(update, staleness, task.plan.num_samples)
         if self.buffer.full:
             total, weight = self.buffer.drain()
             if self.strategy.linear:
@@ -255,31 +222,18 @@ class AsyncDriver:
         self._next_seq += 1
         version = self._current_version()
         plan = self.planner.next(seq, self._busy, version.payload_bytes)
-        task = InFlight(
-            seq=seq,
-            client_id=plan.client_id,
-            version=self.state.server.version,
-            dispatch_s=now,
-            finish_s=now + plan.duration_s,
-            dropped=plan.dropped,
-            download_s=plan.download_s,
-            compute_s=plan.compute_s,
-            upload_s=plan.upload_s,
-            num_samples=plan.num_samples,
-            local_epochs=plan.local_epochs,
-            bytes_down=plan.bytes_down,
-        )
+        task = InFlight(seq=seq, version=self.state.server.version, dispatch_s=now, plan=plan)
         version.users += 1
         self._in_flight[seq] = task
-        self._busy.add(task.client_id)
+        self._busy.add(task.plan.client_id)
         heapq.heappush(self._events, (task.finish_s, seq))
         window = self._window
         window.dispatched += 1
-        window.bytes_down += task.bytes_down
+        window.bytes_down += task.plan.bytes_down
         window.bytes_down_raw += int(
-            round(task.bytes_down * self.links.raw_bytes / version.payload_bytes)
+            round(task.plan.bytes_down * self.links.raw_bytes / version.payload_bytes)
         )
-        if not task.dropped:  # compute for clients that will drop out is never spent
+        if not task.plan.dropped:  # compute for clients that will drop out is never spent
             self._pending.append(task)
             if len(self._pending) >= self.cfg.execution.clients_per_task:
                 self._submit_pending()
@@ -304,12 +258,15 @@ class AsyncDriver:
         versions = list(dict.fromkeys(t.version for t in tasks))  # first-appearance order
         index = {v: i for i, v in enumerate(versions)}
         group = [
-            Task(t.client_id, t.local_epochs, round=t.seq, model=index[t.version]) for t in tasks
+            Task(t.plan.client_id, t.plan.local_epochs, round=t.seq, model=index[t.version])
+            for t in tasks
         ]
         residuals = None
         if self.residuals is not None:
             residuals = {
-                t.client_id: r for t in tasks if (r := self.residuals.get(t.client_id)) is not None
+                t.plan.client_id: r
+                for t in tasks
+                if (r := self.residuals.get(t.plan.client_id)) is not None
             }
         ticket = self.pool.submit(
             [self._versions[v].handle() for v in versions],
@@ -317,7 +274,7 @@ class AsyncDriver:
             group,
             self.strategy.client_mu,
             residuals,
-            cost=float(sum(t.num_samples * t.local_epochs for t in tasks)),
+            cost=float(sum(t.plan.num_samples * t.plan.local_epochs for t in tasks)),
         )
         for row, t in enumerate(tasks):
             t.ticket, t.row = ticket, row
@@ -334,6 +291,7 @@ class AsyncDriver:
                 # them drain their queues while the driver waits.
                 self._submit_pending()
             entry[0] = self.pool.fetch(task.ticket)
+            self.links.check_uploads(entry[0].bytes_up)
         result = entry[0]
         entry[1] -= 1
         if entry[1] == 0:
@@ -347,19 +305,19 @@ class AsyncDriver:
         arrived = status != DROPPED
         bytes_up = self.links.update_bytes if arrived else 0
         values = (
-            task.client_id,
+            task.plan.client_id,
             status,
             task.version,
             staleness,
             task.dispatch_s,
             task.finish_s,
-            task.download_s,
-            task.compute_s,
-            task.upload_s,
-            task.num_samples,
-            task.local_epochs,
+            task.plan.download_s,
+            task.plan.compute_s,
+            task.plan.upload_s,
+            task.plan.num_samples,
+            task.plan.local_epochs,
             bytes_up,
-            task.bytes_down,
+            task.plan.bytes_down,
             loss,
         )
         for column, value in zip(window.events.values(), values, strict=True):

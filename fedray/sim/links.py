@@ -50,7 +50,12 @@ class Links:
 
 
 def close_residual_store(store: ClientStateStore | None, state_dir: Path | None) -> None:
+    """Close a per-client store (deleting its spill files) and its folder if that is now empty."""
     if store is not None:
-        store.close()  # deletes its spill files
-        if state_dir is not None and state_dir.is_dir():
-            state_dir.rmdir()
+        store.close()
+    remove_if_empty(state_dir)
+
+
+def remove_if_empty(folder: Path | None) -> None:
+    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

@@ -16,37 +16,21 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import ray
 
-from fedray.clients.profiles import ProfileModel
 from fedray.clients.state_store import ClientStateStore
 from fedray.config import Config
 from fedray.errors import UserError
-from fedray.execution.pool import WorkerPool
 from fedray.execution.worker import Task
-from fedray.sim.evaluation import Evaluator, initial_params
-from fedray.sim.links import Links, close_residual_store
+from fedray.sim.driver import Driver, DriverState, enough_updates
+from fedray.sim.links import close_residual_store
 from fedray.sim.round_plan import DROPPED, PARTIAL, STRAGGLER, RoundPlan, plan_round
 from fedray.sim.selection import select_clients
-from fedray.strategies import ServerState, make_strategy
 from fedray.workloads import Workload
-
-
-@dataclass
-class DriverState:
-    """Everything the driver carries from one round to the next."""
-
-    server: ServerState
-    round: int = 0
-    sim_time_s: float = 0.0
-    cum_bytes_up: int = 0
-    cum_bytes_down: int = 0
 
 
 def make_groups(
@@ -71,55 +55,24 @@ def check_takes_correction(workload: Workload) -> None:
         )
 
 
-def enough_updates(strategy, n: int) -> bool:
-    """Whether a robust rule can aggregate ``n`` updates. When dropouts leave too few (Krum needs
-    two to compare, Multi-Krum at least m) the round keeps the model rather than failing."""
-    rule, m = getattr(strategy, "rule", None), getattr(strategy, "m", None)
-    if rule in ("krum", "multi_krum") and n < 2:
-        return False
-    return not (rule == "multi_krum" and m is not None and m > n)
-
-
-class SyncDriver:
-    def __init__(
-        self,
-        cfg: Config,
-        workload: Workload,
-        profiles: ProfileModel,
-        pool: WorkerPool,
-        evaluator: Evaluator,
-        recorder: Callable[..., None],
-        state_dir=None,
-    ):
-        self.cfg = cfg
-        self.workload = workload
-        self.profiles = profiles
-        self.pool = pool
-        self.evaluate = evaluator
-        self.record = recorder
-        self.strategy = make_strategy(cfg.strategy)
-        params = initial_params(workload, cfg.seed)
-        self.state = DriverState(server=self.strategy.init(params))
-        segments = tuple(p.numel() for p in workload.build_model().parameters())
-        self.links = Links(cfg, segments, params.size)
-        self.state_dir = state_dir
-        self.residuals = self.links.residual_store(cfg.execution.client_state_mb, state_dir)
+class SyncDriver(Driver):
+    def __init__(self, cfg: Config, workload: Workload, *args, **kwargs):
+        super().__init__(cfg, workload, *args, **kwargs)
         # SCAFFOLD: client control variates c_k, bounded in memory and spilled like residuals.
         # Every upload then carries Δy_k and Δc_k, every download x and c.
         self.controls, self.controls_dir, self.payloads = None, None, 1
         if getattr(self.strategy, "control_variates", False):
             check_takes_correction(workload)
-            self.controls_dir = None if state_dir is None else Path(state_dir) / "scaffold"
+            self.controls_dir = (
+                None if self.state_dir is None else Path(self.state_dir) / "scaffold"
+            )
             budget = cfg.execution.client_state_mb * 2**20
             self.controls, self.payloads = ClientStateStore(budget, self.controls_dir), 2
 
     def close(self) -> None:
         if self.controls is not None:
             close_residual_store(self.controls, self.controls_dir)
-        close_residual_store(self.residuals, self.state_dir)
-        if self.state_dir is not None and self.state_dir.is_dir():
-            if not any(self.state_dir.iterdir()):
-                self.state_dir.rmdir()
+        super().close()
 
     def run(self) -> DriverState:
         wall_start = time.perf_counter()

@@ -18,7 +18,6 @@ import torch
 
 from fedray import seeding
 from fedray.errors import UserError
-from fedray.training import TrainStats, local_sgd
 from fedray.workloads.base import ClientData, Workload
 from fedray.workloads.ecommerce import partition as part
 from fedray.workloads.ecommerce.corpus import Corpus
@@ -116,20 +115,6 @@ class TextTask(Workload):
         te = torch.from_numpy(self.test_idx[client_id])
         return ClientData(self.x[tr], self.y[tr], self.x[te], self.y[te])
 
-    def local_train(
-        self, model, data, *, epochs, lr, batch_size, mu, rng, correction=None
-    ) -> TrainStats:
-        # Token-level models emit [batch, classes, length] with -100 on padding, so the plain
-        # cross-entropy of local_sgd (and its FedProx / SCAFFOLD terms) applies to every task.
-        extra = {} if correction is None else {"correction": correction}
-        return local_sgd(
-            model,
-            data.x_train,
-            data.y_train,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            mu=mu,
-            rng=rng,
-            **extra,
-        )
+    # local_train is the Workload default (local_sgd): token-level models emit
+    # [batch, classes, length] with -100 on padding, so its plain cross-entropy (and its FedProx /
+    # SCAFFOLD terms) applies to every task.

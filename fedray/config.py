@@ -321,12 +321,51 @@ class EcomLmConfig(_EcomTaskConfig):
         return self
 
 
+class EcomKgConfig(_EcomTaskConfig):
+    """KG completion over the platforms' subgraphs, FedE (DistMult/ComplEx/TransE; filtered MRR,
+    Hits@10). Entity embeddings are federated row by row; relation embeddings stay local."""
+
+    name: Literal["ecom_kg"]
+    model: Literal["distmult", "complex", "transe"] = "distmult"
+    embed_dim: int = Field(default=64, ge=2, le=4096)
+    negatives: int = Field(default=16, ge=1, le=1024)  # corrupted triples per positive
+    test_fraction: float = Field(default=0.1, gt=0, lt=1)
+
+
+class EcomRecConfig(_Model):
+    """Personalised recommendation, one client per user (MF/NCF; HR@10, NDCG@10). Users are
+    generated lazily from (seed, user id); user embeddings never leave the client and item
+    embeddings travel as row-sparse updates."""
+
+    name: Literal["ecom_rec"]
+    world: EcomWorldConfig = EcomWorldConfig()
+    # `generated` (users drawn lazily over the world's catalogue) or a CSV/Parquet file of
+    # user_id,item_id,timestamp interactions
+    source: str = "generated"
+    model: Literal["mf", "ncf"] = "mf"
+    embed_dim: int = Field(default=32, ge=1, le=4096)
+    hidden: int = Field(default=64, ge=1, le=4096)  # NCF's MLP width
+    interactions_per_user: int = Field(default=20, ge=3, le=10000)  # mean, generated users
+    negatives: int = Field(default=4, ge=1, le=1000)  # sampled negatives per training positive
+    eval_negatives: int = Field(default=100, ge=1, le=100000)  # leave-one-out ranking
+    eval_clients: int = Field(default=500, ge=1)
+
+    @property
+    def generated(self) -> bool:
+        return self.source == "generated"
+
+    def check_num_clients(self, num_clients: int) -> None:
+        """Generated users: any number (each is drawn from its id)."""
+
+
 WORKLOAD_MODELS: dict[str, type[_Model]] = {
     "synthetic": SyntheticWorkloadConfig,
     "ecom_intent": EcomIntentConfig,
     "ecom_relation": EcomRelationConfig,
     "ecom_ner": EcomNerConfig,
     "ecom_lm": EcomLmConfig,
+    "ecom_kg": EcomKgConfig,
+    "ecom_rec": EcomRecConfig,
 }
 
 
@@ -338,7 +377,13 @@ def _default_workload_name(data: Any) -> Any:
 
 
 WorkloadConfig = Annotated[
-    SyntheticWorkloadConfig | EcomIntentConfig | EcomRelationConfig | EcomNerConfig | EcomLmConfig,
+    SyntheticWorkloadConfig
+    | EcomIntentConfig
+    | EcomRelationConfig
+    | EcomNerConfig
+    | EcomLmConfig
+    | EcomKgConfig
+    | EcomRecConfig,
     BeforeValidator(_default_workload_name),
     Field(discriminator="name"),
 ]

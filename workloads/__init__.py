@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from fedray.workloads.base import ClientData, Workload
+from fedray.workloads.base import ClientData, ParameterLayout, Workload
 
 # name -> (module, class); modules import lazily so a run only loads the workload it uses
 _REGISTRY = {
@@ -13,6 +13,8 @@ _REGISTRY = {
     "ecom_relation": ("fedray.workloads.ecommerce.classify", "EcomRelation"),
     "ecom_ner": ("fedray.workloads.ecommerce.ner", "EcomNer"),
     "ecom_lm": ("fedray.workloads.ecommerce.lm", "EcomLM"),
+    "ecom_kg": ("fedray.workloads.ecommerce.kg", "EcomKG"),
+    "ecom_rec": ("fedray.workloads.ecommerce.rec", "EcomRec"),
 }
 
 
@@ -33,4 +35,4 @@ def metric_names(cfg) -> tuple[str, ...]:
     return tuple(workload_class(cfg.name).metric_names)
 
 
-__all__ = ["ClientData", "Workload", "make_workload", "metric_names", "workload_class"]
+__all__ = ["ClientData", "ParameterLayout", "Workload", "make_workload", "metric_names", "workload_class"]

@@ -17,6 +17,32 @@ from fedray.training import TrainStats, local_sgd
 
 
 @dataclass(frozen=True)
+class ParameterLayout:
+    """Which of a workload's parameters are not plain dense, federated tensors.
+
+    Names are those of ``model.named_parameters()``.
+
+    * ``private``: parameters each client keeps for itself — a recommender's user embedding,
+      FedE's local relation embeddings. They are loaded from the client's state before its local
+      training and stored back after it, never uploaded and never aggregated; the global model's
+      values for them only seed clients that have no state yet (see ``init_private``).
+    * ``row_tables``: embedding tables ``[rows, width]`` that all have the same number of rows and
+      are indexed by one row id (item id, entity id). A client uploads only the rows that
+      ``client_rows`` names — row ids plus those rows' values — and the server averages each row
+      over the clients that sent it (FedE's per-entity aggregation, Chen et al. 2021, "FedE:
+      Embedding Knowledge Graphs in Federated Setting", §3.2), so a rarely seen row is not
+      shrunk towards zero by the clients that never touched it.
+    """
+
+    private: tuple[str, ...] = ()
+    row_tables: tuple[str, ...] = ()
+
+    @property
+    def dense(self) -> bool:
+        return not self.private and not self.row_tables
+
+
+@dataclass(frozen=True)
 class ClientData:
     """One client's tensors: a train split used for local training and a held-out test split."""
 
@@ -87,6 +113,38 @@ class Workload(ABC):
             rng=rng,
             correction=correction,
         )
+
+    # ------------------------------------------------------------------ parameter layout
+
+    def parameter_layout(self) -> ParameterLayout:
+        """Private parameters and row-sparse tables (:class:`ParameterLayout`); default: every
+        parameter is dense and federated."""
+        return ParameterLayout()
+
+    def client_rows(self, client_id: int, data: ClientData) -> np.ndarray:
+        """Sorted unique row ids of the ``row_tables`` that this client's local training may
+        change; its upload carries exactly these rows. Called on the worker with the client's
+        data. Only for layouts with row tables."""
+        raise NotImplementedError(f"{self.name} declares row tables but not client_rows")
+
+    def num_client_rows(self, client_ids: np.ndarray) -> np.ndarray:
+        """``len(client_rows(c, ...))`` for each client, computed on the driver before training
+        (upload sizes feed the cost model at dispatch); the engine checks it against the
+        workers' real row sets. Only for layouts with row tables."""
+        raise NotImplementedError(f"{self.name} declares row tables but not num_client_rows")
+
+    def init_private(self, client_id: int, initial: np.ndarray) -> np.ndarray:
+        """The client's private parameters before its first local training: one flat float32
+        vector over the ``private`` parameters in model order. ``initial`` holds the global
+        model's initial values for them; the default gives every client those."""
+        return initial
+
+    def evaluate_client(self, model: torch.nn.Module, data: ClientData) -> dict[str, float]:
+        """Metrics on one client's test split, with the client's private parameters loaded into
+        ``model``. Workloads with private parameters are evaluated client by client through this
+        hook (metrics averaged with weights ``len(data.y_test)``); override it to adapt private
+        parameters locally before scoring (e.g. fold-in of a user embedding)."""
+        return self.evaluate(model, data.x_test, data.y_test)
 
     def vectorizable(self) -> bool:
         """Whether ``local_train`` is exactly :func:`fedray.training.local_sgd` with the

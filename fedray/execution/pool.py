@@ -81,12 +81,12 @@ class WorkerPool:
         mu: float,
         residuals: Sequence[dict | None] | None = None,
         presum: bool = True,
-        control=None,
-        client_controls: Sequence[dict] | None = None,
+        extras: Sequence[dict] | None = None,
     ) -> list[GroupResult]:
         """Train every group against the model behind ``params_ref``; results in group order.
-        ``control`` (SCAFFOLD's server variate, or a ref to it) and ``client_controls`` (per
-        group, c_k by client id) turn on control variates."""
+        ``extras`` holds per group the keyword arguments of :meth:`ClientWorker.run_group`
+        beyond the positional ones (SCAFFOLD's ``control`` and ``client_controls``, the
+        clients' ``privates``)."""
         pending = [int(i) for i in np.argsort(-np.asarray(costs, dtype=np.float64), kind="stable")]
         results: list[GroupResult | None] = [None] * len(groups)
         retries = [0] * len(groups)
@@ -96,9 +96,7 @@ class WorkerPool:
         def submit(slot: int) -> None:
             group = pending.pop(0)
             state = residuals[group] if residuals is not None else None
-            extra = {}
-            if control is not None:
-                extra = {"control": control, "client_controls": client_controls[group]}
+            extra = extras[group] if extras is not None else {}
             ref = self.actors[slot].run_group.remote(
                 params_ref, group, round_, groups[group], mu, state, presum, **extra
             )

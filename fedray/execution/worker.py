@@ -11,6 +11,11 @@ returns the group's pre-summed decoded update Σ n_k Δ̂_k (float64, summed in 
 client order), so the driver holds O(model) memory however many clients a round has, while bytes
 stay per client. With SCAFFOLD control variates the worker also uploads, encodes and pre-sums
 each client's control-variate change Δc_k (see :mod:`fedray.strategies.scaffold`).
+
+Workloads with a :class:`~fedray.workloads.base.ParameterLayout` train from the global model with
+the client's private parameters loaded (returned, never uploaded), and upload only their row-table
+rows plus the shared parameters (:mod:`fedray.execution.layout`); the group then also returns the
+per-coordinate weight Σ n_k over the clients that uploaded each coordinate, for per-row averaging.
 Client data is generated on demand from (seed, client id) and kept in a bounded LRU cache.
 """
 
@@ -49,6 +54,9 @@ class GroupResult:
     updates: np.ndarray | None = None  # [clients, d] decoded updates, when not pre-summed
     control_sum: np.ndarray | None = None  # SCAFFOLD: Σ decoded Δc_k (unweighted), float64
     controls: dict[int, np.ndarray] = field(default_factory=dict)  # SCAFFOLD: new c_k
+    coverage: np.ndarray | None = None  # row tables: Σ n_k over the clients uploading each coord
+    privates: dict[int, np.ndarray] = field(default_factory=dict)  # new private parameters
+    num_rows: np.ndarray | None = None  # row tables: rows each client uploaded
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,8 @@ class _Trained:
     update: np.ndarray  # float32 w_k − w^t
     loss: float
     steps: int
+    rows: np.ndarray | None = None  # row-table rows this client uploads
+    private: np.ndarray | None = None  # its private parameters after training
 
 
 class ClientWorker:
@@ -77,6 +87,7 @@ class ClientWorker:
 
         from fedray.compression import make_codec
         from fedray.execution import batched
+        from fedray.execution.layout import FlatLayout
 
         # One intra-op thread per actor: parallelism comes from the pool, and oversubscribed
         # BLAS threads make small-model training several times slower.
@@ -88,7 +99,10 @@ class ClientWorker:
         self.seed = seed
         self.model = self.workload.build_model()
         self.segments = tuple(p.numel() for p in self.model.parameters())
-        self.vectorized = batched.resolve_mode(vectorize, self.workload, self.model)
+        self.flat = FlatLayout.of(self.model, self.workload.parameter_layout())
+        # Batched training handles dense models only (resolve_mode says why when forced on).
+        dense = self.flat.dense or vectorize == "on"
+        self.vectorized = dense and batched.resolve_mode(vectorize, self.workload, self.model)
         self.codec = make_codec(uplink_cfg)
         self._cache: OrderedDict[int, object] = OrderedDict()
         self._cache_bytes = 0
@@ -114,7 +128,9 @@ class ClientWorker:
 
     # ------------------------------------------------------------------ training
 
-    def _train_each(self, bases, round_, tasks, mu, corrections) -> Iterator[_Trained]:
+    def _train_each(
+        self, bases, round_, tasks, mu, corrections, privates=None
+    ) -> Iterator[_Trained]:
         """One client after another through the workload's own ``local_train``."""
         import torch
 
@@ -122,9 +138,20 @@ class ClientWorker:
         from fedray.training import flat_params, load_flat_params, split_like
 
         base_tensors = [torch.tensor(b) for b in bases]  # private copies, loaded per client
+        private_index = self.flat.private_index
         for task in tasks:
-            load_flat_params(self.model, base_tensors[task.model])
             data = self._data(task.client_id)
+            start, private = bases[task.model], None
+            if private_index.size:
+                private = (privates or {}).get(task.client_id)
+                if private is None:  # first participation
+                    initial = start[private_index].copy()
+                    private = self.workload.init_private(task.client_id, initial)
+                start = start.copy()
+                start[private_index] = np.asarray(private, dtype=np.float32).reshape(-1)
+                load_flat_params(self.model, start)
+            else:
+                load_flat_params(self.model, base_tensors[task.model])
             key = round_ if task.round is None else task.round
             rng = seeding.generator(self.seed, "shuffle", task.client_id, key)
             options = {}
@@ -140,8 +167,17 @@ class ClientWorker:
                 rng=rng,
                 **options,
             )
-            update = flat_params(self.model) - bases[task.model]
-            yield _Trained(task, len(data.x_train), update, stats.loss, stats.steps)
+            trained = flat_params(self.model)
+            update = trained - start
+            rows = None
+            if self.flat.tables:
+                rows = self.flat.check_rows(
+                    self.workload.client_rows(task.client_id, data), self.workload.name
+                )
+            if private is not None:
+                private = trained[private_index]
+                update[private_index] = 0.0
+            yield _Trained(task, len(data.x_train), update, stats.loss, stats.steps, rows, private)
 
     def _train_vectorized(self, bases, round_, tasks, mu, corrections) -> Iterator[_Trained]:
         """The whole group as one block (:func:`fedray.execution.batched.train_block`)."""
@@ -185,6 +221,7 @@ class ClientWorker:
         *,
         control: np.ndarray | None = None,
         client_controls: dict[int, np.ndarray] | None = None,
+        privates: dict[int, np.ndarray] | None = None,
     ) -> GroupResult:
         """Train ``tasks`` from ``global_params``; ``residuals`` holds the error-feedback state of
         those clients that have one (the driver's client-state store owns it between rounds).
@@ -194,11 +231,16 @@ class ClientWorker:
 
         ``control`` (SCAFFOLD's server variate c) turns on control variates: each client trains
         with the gradient correction c − c_k, where c_k comes from ``client_controls`` (zeros if
-        absent), and uploads Δc_k = −c − Δy_k / (K_k η_l) (option II) next to its update."""
+        absent), and uploads Δc_k = −c − Δy_k / (K_k η_l) (option II) next to its update.
+
+        ``privates`` holds the stored private parameters of those clients that have them (see
+        :class:`~fedray.workloads.base.ParameterLayout`); the others start from the workload's
+        ``init_private``."""
         import ray
 
         from fedray import seeding
         from fedray.compression import encode_with_feedback
+        from fedray.execution.layout import pack_upload
 
         models = global_params if isinstance(global_params, list) else [global_params]
         models = [ray.get(m) if isinstance(m, ray.ObjectRef) else m for m in models]
@@ -223,23 +265,42 @@ class ClientWorker:
         new_controls: dict[int, np.ndarray] = {}
         residuals = residuals or {}
         weight_sum = 0.0
-        train = self._train_vectorized if self.vectorized else self._train_each
-        for i, done in enumerate(train(bases, round_, tasks, mu, corrections)):
+        flat = self.flat
+        coverage = np.zeros(base.shape, dtype=np.float64) if flat.tables else None
+        num_rows = np.empty(n, np.int64) if flat.tables else None
+        new_privates: dict[int, np.ndarray] = {}
+        if self.vectorized:
+            trained = self._train_vectorized(bases, round_, tasks, mu, corrections)
+        else:
+            trained = self._train_each(bases, round_, tasks, mu, corrections, privates)
+        for i, done in enumerate(trained):
             task = done.task
             key = round_ if task.round is None else task.round
             codec_rng = seeding.generator(self.seed, "codec", task.client_id, key)
+            if flat.dense:
+                index, segments, update = None, self.segments, done.update
+            else:
+                index = flat.upload_index(done.rows)
+                segments = flat.upload_segments(0 if done.rows is None else len(done.rows))
+                update = self._compact(done.update, index, task.client_id)
             payload, residual = encode_with_feedback(
-                self.codec, done.update, self.segments, codec_rng, residuals.get(task.client_id)
+                self.codec, update, segments, codec_rng, residuals.get(task.client_id)
             )
             if residual is not None:
                 new_residuals[task.client_id] = residual
-            decoded = self.codec.decode(payload, self.segments)
+            decoded = self.codec.decode(payload, segments)
+            if index is not None:
+                decoded = self._scatter(decoded, index, base.size)
+                new_privates[task.client_id] = done.private
+                if coverage is not None:
+                    coverage[index] += done.num_samples
+                    num_rows[i] = len(done.rows)
             if rows is not None:
                 rows[i] = decoded
             else:
                 update_sum += done.num_samples * decoded.astype(np.float64)
             weight_sum += done.num_samples
-            sizes[i] = len(payload)
+            sizes[i] = len(pack_upload(done.rows, payload))
             if control is not None:
                 # Option II of the paper: c_k⁺ = c_k − c + (x − y_k) / (K η_l). The client keeps
                 # the exact c_k⁺; the server only sees the change through the codec.
@@ -270,4 +331,28 @@ class ClientWorker:
             rows,
             control_sum,
             new_controls,
+            coverage,
+            {c: p for c, p in new_privates.items() if p is not None},
+            num_rows,
         )
+
+    def _compact(self, update: np.ndarray, index: np.ndarray, client_id: int) -> np.ndarray:
+        """The coordinates a client uploads; anything else its training changed is a workload
+        bug (a row outside ``client_rows`` would silently never reach the server)."""
+        outside = np.ones(update.size, dtype=bool)
+        outside[index] = False
+        outside[self.flat.private_index] = False
+        if np.any(update[outside] != 0):
+            changed = int(np.count_nonzero(update[outside]))
+            raise RuntimeError(
+                f"workload {self.workload.name}: local training of client {client_id} changed "
+                f"{changed} parameters outside its client_rows; client_rows must name every row "
+                "its training touches"
+            )
+        return update[index]
+
+    @staticmethod
+    def _scatter(values: np.ndarray, index: np.ndarray, size: int) -> np.ndarray:
+        full = np.zeros(size, dtype=np.float32)
+        full[index] = values
+        return full

@@ -332,7 +332,7 @@ class AsyncDriver(Driver):
     def _step_taken(self, wall_start: float) -> None:
         cfg, state, window = self.cfg, self.state, self._window
         state.round += 1
-        bytes_up_raw = window.arrived * self.links.raw_bytes
+        bytes_up_raw = window.arrived * self.links.update_raw_bytes
         state.cum_bytes_up += window.bytes_up
         state.cum_bytes_down += window.bytes_down
         stale = [s for s, _, _ in self._aggregated]

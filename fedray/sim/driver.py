@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from fedray.clients.profiles import ProfileModel
+from fedray.clients.state_store import ClientStateStore
+from fedray.compression import make_codec
 from fedray.config import Config
+from fedray.errors import UserError
+from fedray.execution.layout import FlatLayout
 from fedray.execution.pool import WorkerPool
 from fedray.sim.evaluation import Evaluator, initial_params
 from fedray.sim.links import Links, close_residual_store
@@ -57,11 +64,66 @@ class Driver:
         self.strategy = make_strategy(cfg.strategy, cfg.asynchronous)
         params = initial_params(workload, cfg.seed)
         self.state = DriverState(server=self.strategy.init(params))
-        segments = tuple(p.numel() for p in workload.build_model().parameters())
-        self.links = Links(cfg, segments, params.size)
+        model = workload.build_model()
+        segments = tuple(p.numel() for p in model.parameters())
+        self.flat = FlatLayout.of(model, workload.parameter_layout())
+        check_layout_support(cfg, workload, self.flat)
+        self.links = Links(cfg, segments, self.flat)
         self.state_dir = state_dir
         self.residuals = self.links.residual_store(cfg.execution.client_state_mb, state_dir)
+        # Private parameters (user embeddings, local relations) live here between a client's
+        # tasks, bounded in memory and spilled like residuals; they never reach the server.
+        self.privates, self.privates_dir = None, None
+        if self.flat.private_index.size:
+            self.privates_dir = None if state_dir is None else Path(state_dir) / "private"
+            budget = cfg.execution.client_state_mb * 2**20
+            self.privates = ClientStateStore(budget, self.privates_dir)
+
+    def num_client_rows(self, client_ids):
+        """Rows each client will upload (None without row tables)."""
+        if not self.flat.tables:
+            return None
+        return np.asarray(self.workload.num_client_rows(client_ids), dtype=np.int64)
+
+    def group_privates(self, tasks) -> dict:
+        """The stored private parameters of a group's clients (absent: first participation)."""
+        if self.privates is None:
+            return {}
+        return {t.client_id: p for t in tasks if (p := self.privates.get(t.client_id)) is not None}
+
+    def eval_privates(self) -> dict | None:
+        """A snapshot of the eval clients' private parameters, taken on the driver thread (the
+        store is not thread-safe; evaluation may run on another thread)."""
+        if self.privates is None:
+            return None
+        ids = self.evaluate.client_ids
+        return {int(c): p for c in ids if (p := self.privates.get(int(c))) is not None}
 
     def close(self) -> None:
         """Delete the run's per-client state (spill files and their folder)."""
+        if self.privates is not None:
+            close_residual_store(self.privates, self.privates_dir)
         close_residual_store(self.residuals, self.state_dir)
+
+
+def check_layout_support(cfg: Config, workload: Workload, flat: FlatLayout) -> None:
+    """What a workload with private parameters or row-sparse tables cannot be combined with."""
+    if flat.dense:
+        return
+    if cfg.mode == "async":
+        raise UserError(
+            f"workload {workload.name} (private parameters / row-sparse tables) runs in "
+            "synchronous rounds only for now; set mode: sync"
+        )
+    if cfg.strategy.name == "scaffold":
+        raise UserError(
+            f"scaffold's control variates assume a dense model; workload {workload.name} has "
+            "private parameters or row-sparse tables — choose another strategy"
+        )
+    uplink = make_codec(cfg.compression.uplink)
+    if flat.tables and uplink.uses_error_feedback:
+        raise UserError(
+            f"error feedback keeps a residual of fixed shape, but workload {workload.name} uploads "
+            f"a different row set each time; set compression.uplink.error_feedback: false for "
+            f"{uplink.name}"
+        )

@@ -3,7 +3,9 @@
 Shared by the sync and async drivers. The global model is encoded with the downlink codec once per
 model version and clients train from the decoded model; updates go through the uplink codec on the
 workers. All shipped codecs have data-independent payload sizes, so a client's upload time is known
-at dispatch from ``update_bytes``; :meth:`Links.check_uploads` holds the workers to it.
+at dispatch: ``update_bytes`` for a dense model, or :meth:`Links.upload_bytes` of the number of
+rows a client uploads under a row-sparse layout (:mod:`fedray.execution.layout`);
+:meth:`Links.check_uploads` holds the workers to it.
 """
 
 from __future__ import annotations
@@ -15,17 +17,45 @@ import numpy as np
 from fedray import seeding
 from fedray.clients.state_store import ClientStateStore
 from fedray.compression import make_codec
+from fedray.execution.layout import ROW_COUNT_BYTES, ROW_ID_BYTES, FlatLayout
 
 
 class Links:
-    def __init__(self, cfg, segments: tuple[int, ...], num_params: int):
+    def __init__(self, cfg, segments: tuple[int, ...], flat: FlatLayout):
         self.seed = cfg.seed
         self.segments = segments
+        self.flat = flat
         self.uplink = make_codec(cfg.compression.uplink)
         self.downlink = make_codec(cfg.compression.downlink)
-        zeros = np.zeros(num_params, dtype=np.float32)
-        self.raw_bytes = len(make_codec("none").encode(zeros, segments, None))
-        self.update_bytes = len(self.uplink.encode(zeros, segments, seeding.generator(0, "size")))
+        self._raw = make_codec("none")
+        self._sizes: dict[int, tuple[int, int]] = {}  # rows -> (uplink bytes, raw bytes)
+        # The downlink always carries the whole model; uploads follow the layout.
+        zeros = np.zeros(flat.size, dtype=np.float32)
+        self.raw_bytes = len(self._raw.encode(zeros, segments, None))
+        self.update_bytes, self.update_raw_bytes = self._size(0)
+
+    def _size(self, num_rows: int) -> tuple[int, int]:
+        """(uplink, uncompressed) bytes of an upload carrying ``num_rows`` rows."""
+        sizes = self._sizes.get(num_rows)
+        if sizes is None:
+            zeros = np.zeros(self.flat.upload_length(num_rows), dtype=np.float32)
+            segments = self.flat.upload_segments(num_rows)
+            ids = ROW_COUNT_BYTES + ROW_ID_BYTES * num_rows if self.flat.tables else 0
+            coded = self.uplink.encode(zeros, segments, seeding.generator(0, "size"))
+            raw = self._raw.encode(zeros, segments, None)
+            sizes = self._sizes[num_rows] = (ids + len(coded), ids + len(raw))
+        return sizes
+
+    def upload_bytes(self, num_rows: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per client: (uplink bytes, uncompressed bytes) of the uploads of ``n`` clients that
+        carry ``num_rows`` rows each (None for a model without row tables)."""
+        if num_rows is None:
+            return (
+                np.full(n, self.update_bytes, np.int64),
+                np.full(n, self.update_raw_bytes, np.int64),
+            )
+        pairs = np.array([self._size(int(r)) for r in num_rows], dtype=np.int64).reshape(-1, 2)
+        return pairs[:, 0], pairs[:, 1]
 
     def broadcast(self, params: np.ndarray, key: int) -> tuple[np.ndarray, int]:
         """The model clients start from (as decoded from the downlink payload) and the payload's
@@ -35,11 +65,14 @@ class Links:
         payload = self.downlink.encode(params, self.segments, None)
         return self.downlink.decode(payload, self.segments), len(payload)
 
-    def check_uploads(self, bytes_up: np.ndarray) -> None:
-        if np.any(bytes_up != self.update_bytes):
+    def check_uploads(self, bytes_up: np.ndarray, planned: np.ndarray | int | None = None) -> None:
+        """The workers' real payload lengths must be what the cost model charged at dispatch."""
+        planned = self.update_bytes if planned is None else planned
+        if np.any(bytes_up != planned):
             raise RuntimeError(
-                f"{self.uplink.name} produced {sorted(set(bytes_up))} bytes, planned "
-                f"{self.update_bytes}: codec sizes must not depend on the data"
+                f"{self.uplink.name} produced {sorted(set(np.ravel(bytes_up)))} bytes, planned "
+                f"{sorted(set(np.ravel(planned)))}: codec sizes must not depend on the data, and a "
+                "workload's num_client_rows must match its client_rows"
             )
 
     def residual_store(self, budget_mb: int, state_dir: Path | None) -> ClientStateStore | None:

@@ -46,6 +46,15 @@ def make_groups(
     return groups, costs
 
 
+def per_row_sum(update_sum: np.ndarray, coverage: np.ndarray, weight_sum: float) -> np.ndarray:
+    """Rescale Σ n_k Δ_k so that dividing by Σ n_k (what every linear strategy does) averages
+    each coordinate over the clients that uploaded it: row-table rows by the clients holding
+    that row (FedE's per-entity average), shared coordinates by everyone (factor 1). Coordinates
+    nobody uploaded (private ones, untouched rows) stay 0."""
+    scale = np.divide(weight_sum, coverage, out=np.zeros_like(coverage), where=coverage > 0)
+    return update_sum * scale
+
+
 def check_takes_correction(workload: Workload) -> None:
     """SCAFFOLD corrects every local gradient step, so the workload's training must take one."""
     if "correction" not in inspect.signature(workload.local_train).parameters:
@@ -85,7 +94,9 @@ class SyncDriver(Driver):
                 row, events, durations, params = self.step(wall_start)
                 if previous is not None:
                     self._record(*previous)
-                evaluation = thread.submit(self.evaluate, params) if params is not None else None
+                evaluation = None
+                if params is not None:
+                    evaluation = thread.submit(self.evaluate, params, self.eval_privates())
                 previous = (row, events, durations, evaluation)
             if previous is not None:
                 self._record(*previous)
@@ -109,6 +120,9 @@ class SyncDriver(Driver):
             profiles=self.profiles,
         )
         num_samples = self.workload.num_train_samples(cohort)
+        upload_bytes, upload_raw = self.links.upload_bytes(
+            self.num_client_rows(cohort), len(cohort)
+        )
         start_params, model_bytes = self.links.broadcast(state.server.params, round_)
         if self.controls is not None:  # c goes down the same (deterministic) downlink codec
             start_control, control_bytes = self.links.broadcast(
@@ -123,7 +137,7 @@ class SyncDriver(Driver):
             num_samples=num_samples,
             local_epochs=cfg.client.local_epochs,
             model_bytes=model_bytes,
-            update_bytes=self.links.update_bytes * self.payloads,
+            update_bytes=upload_bytes * self.payloads,
             clients_per_round=cfg.clients_per_round,
             deadline_s=cfg.deadline_s,
             policy=cfg.stragglers,
@@ -144,13 +158,16 @@ class SyncDriver(Driver):
                     for g in groups
                 ]
             linear = self.strategy.linear
-            variates = {}
+            extras = [{"privates": self.group_privates(g)} for g in groups]
             if self.controls is not None:
-                variates["control"] = ray.put(start_control)
-                variates["client_controls"] = [
-                    {t.client_id: c for t in g if (c := self.controls.get(t.client_id)) is not None}
-                    for g in groups
-                ]
+                control_ref = ray.put(start_control)
+                for g, extra in zip(groups, extras, strict=True):
+                    extra["control"] = control_ref
+                    extra["client_controls"] = {
+                        t.client_id: c
+                        for t in g
+                        if (c := self.controls.get(t.client_id)) is not None
+                    }
             results = self.pool.run_groups(
                 params_ref,
                 round_,
@@ -159,19 +176,25 @@ class SyncDriver(Driver):
                 self.strategy.client_mu,
                 residuals,
                 linear,
-                **variates,
+                extras,
             )
             del params_ref
             update_sum = np.zeros(state.server.params.shape, dtype=np.float64)
             weight_sum = 0.0
             control_sum = np.zeros(state.server.params.shape, dtype=np.float64)
+            coverage = np.zeros_like(update_sum) if self.flat.tables else None
             position = {int(c): i for i, c in enumerate(cohort)}
             for result in results:  # group order: the sum is the same for any number of workers
                 update_sum += result.update_sum
                 weight_sum += result.weight_sum
-                for cid, loss in zip(result.client_ids, result.train_loss, strict=True):
-                    losses[position[int(cid)]] = loss
-                self.links.check_uploads(result.bytes_up / self.payloads)
+                at = [position[int(cid)] for cid in result.client_ids]
+                losses[at] = result.train_loss
+                self.links.check_uploads(result.bytes_up, upload_bytes[at] * self.payloads)
+                if coverage is not None:
+                    coverage += result.coverage
+                if self.privates is not None:
+                    for cid, private in sorted(result.privates.items()):
+                        self.privates.put(cid, private)
                 if self.residuals is not None:
                     for cid, residual in sorted(result.residuals.items()):
                         self.residuals.put(cid, residual)
@@ -188,6 +211,8 @@ class SyncDriver(Driver):
                     num_clients=cfg.clients.num_clients,
                 )
             elif linear:
+                if coverage is not None:
+                    update_sum = per_row_sum(update_sum, coverage, weight_sum)
                 state.server = self.strategy.apply(state.server, update_sum, weight_sum)
             else:
                 # Robust rules see every update, stacked in the fixed group/cohort order.
@@ -200,8 +225,8 @@ class SyncDriver(Driver):
         state.sim_time_s += plan.duration_s
         state.round = round_
         bytes_up, bytes_down = int(plan.bytes_up.sum()), int(plan.bytes_down.sum())
+        bytes_up_raw = int(upload_raw[plan.accepted].sum()) * self.payloads
         raw_bytes = self.links.raw_bytes * self.payloads
-        bytes_up_raw = int(plan.accepted.sum()) * raw_bytes
         bytes_down_raw = int(np.round(plan.bytes_down * (raw_bytes / model_bytes)).sum())
         state.cum_bytes_up += bytes_up
         state.cum_bytes_down += bytes_down

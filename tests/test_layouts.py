@@ -1,0 +1,168 @@
+"""Parameter layouts: private parameters stay on the client, row tables travel row-sparse, and the
+server averages each row over the clients that sent it (fedray/execution/layout.py, the worker,
+Links and the sync driver's per-row sum)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fedray.workloads as workloads
+from fedray.config import config_from_dict
+from fedray.execution.layout import FlatLayout, pack_upload, unpack_upload
+from fedray.execution.worker import ClientWorker, Task
+from fedray.sim.links import Links
+from fedray.sim.sync_driver import per_row_sum
+from fedray.training import TrainStats, flat_params
+from fedray.workloads.base import ClientData, ParameterLayout, Workload
+
+ITEMS, DIM = 12, 3
+
+
+class ToyModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.user = torch.nn.Parameter(torch.full((DIM,), 0.5))
+        self.item = torch.nn.Embedding(ITEMS, DIM)
+        self.head = torch.nn.Linear(DIM, 1)
+
+    def forward(self, items):
+        return self.head(self.user * self.item(items)).squeeze(-1)
+
+
+class ToyRec(Workload):
+    """Client k likes items k mod 12 and (k + 5) mod 12; ``leaky`` forgets one of them in
+    ``client_rows``, which the engine must catch."""
+
+    name = "toy"
+
+    def __init__(self, leaky: bool = False):
+        self.leaky = leaky
+
+    def rows(self, client_id: int) -> np.ndarray:
+        return np.unique([client_id % ITEMS, (client_id + 5) % ITEMS])
+
+    def num_train_samples(self, client_ids):
+        return np.full(len(client_ids), 4, dtype=np.int64)
+
+    def client_data(self, client_id: int) -> ClientData:
+        x = torch.from_numpy(np.repeat(self.rows(client_id), 2))
+        y = torch.ones(len(x))
+        return ClientData(x, y, x[:1], y[:1])
+
+    def build_model(self):
+        return ToyModel()
+
+    def parameter_layout(self):
+        return ParameterLayout(private=("user",), row_tables=("item.weight",))
+
+    def client_rows(self, client_id, data):
+        rows = self.rows(client_id)
+        return rows[:1] if self.leaky else rows
+
+    def num_client_rows(self, client_ids):
+        return np.array([len(self.rows(int(c))) for c in client_ids])
+
+    def init_private(self, client_id, initial):
+        return np.full_like(initial, 0.1 * (client_id + 1))
+
+    def local_train(self, model, data, *, epochs, lr, batch_size, mu, rng, correction=None):
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        for _ in range(epochs):
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                model(data.x_train), data.y_train
+            )
+            loss.backward()
+            opt.step()
+        return TrainStats(float(loss.detach()), epochs)
+
+    def evaluate(self, model, x, y):
+        return {"loss": 0.0, "accuracy": 0.0}
+
+
+def toy_worker(monkeypatch, codec="none", leaky=False) -> ClientWorker:
+    monkeypatch.setattr(workloads, "make_workload", lambda cfg, seed: ToyRec(leaky))
+    cfg = config_from_dict({"compression": {"uplink": codec}})
+    return ClientWorker(cfg.workload, cfg.client, cfg.compression.uplink, seed=0)
+
+
+def test_flat_layout_places_private_rows_and_shared_coordinates():
+    flat = FlatLayout.of(ToyModel(), ToyRec().parameter_layout())
+    # model order: user [3] | item.weight [12, 3] | head.weight [1, 3] | head.bias [1]
+    assert flat.size == 3 + 36 + 3 + 1
+    assert flat.private_index.tolist() == [0, 1, 2]
+    assert flat.shared_index.tolist() == [39, 40, 41, 42]
+    assert flat.shared_segments == (3, 1)
+    assert flat.num_rows == ITEMS and flat.row_width == DIM
+    # rows 1 and 4 of the item table, then the shared head
+    expected = [6, 7, 8, 15, 16, 17, 39, 40, 41, 42]
+    assert flat.upload_index(np.array([1, 4])).tolist() == expected
+    assert flat.upload_segments(2) == (6, 3, 1)
+    with pytest.raises(ValueError, match="sorted unique"):
+        flat.check_rows(np.array([4, 1]), "toy")
+    with pytest.raises(ValueError, match="not one of the model's parameters"):
+        FlatLayout.of(ToyModel(), ParameterLayout(private=("nope",)))
+    with pytest.raises(ValueError, match="both private and a row table"):
+        FlatLayout.of(ToyModel(), ParameterLayout(private=("user",), row_tables=("user",)))
+
+
+def test_upload_wire_format_round_trips():
+    payload = b"\x00abc"
+    rows = np.array([2, 7, 11])
+    wire = pack_upload(rows, payload)
+    assert len(wire) == 4 + 3 * 4 + len(payload)
+    got_rows, got_payload = unpack_upload(wire, has_tables=True)
+    assert got_rows.tolist() == [2, 7, 11] and got_payload == payload
+    assert unpack_upload(payload, has_tables=False) == (None, payload)
+
+
+@pytest.mark.parametrize("codec", ["none", "fp16", "int8"])
+def test_worker_uploads_only_its_rows_and_keeps_private_parameters(monkeypatch, codec):
+    worker = toy_worker(monkeypatch, codec)
+    flat = worker.flat
+    base = flat_params(ToyModel())
+    tasks = [Task(1, 2), Task(6, 2)]  # rows {1, 6} and {6, 11}: row 6 is shared
+    result = worker.run_group(base, 0, 1, tasks, mu=0.0, privates={6: np.full(3, -2.0)})
+
+    # private parameters: trained from init_private (client 1) or the stored value (client 6),
+    # returned to the driver, never part of the upload
+    assert set(result.privates) == {1, 6}
+    assert not np.allclose(result.privates[1], 0.2) and not np.allclose(result.privates[6], -2.0)
+    assert np.all(result.update_sum[flat.private_index] == 0)
+
+    # only touched rows (and the shared head) carry updates
+    table = result.update_sum[3:39].reshape(ITEMS, DIM)
+    touched = np.flatnonzero(np.abs(table).sum(axis=1))
+    assert touched.tolist() == [1, 6, 11]
+    # coverage: each row weighted by the clients that sent it, the head by everyone
+    cover = result.coverage[3:39].reshape(ITEMS, DIM)[:, 0]
+    assert cover[[1, 6, 11]].tolist() == [4, 8, 4] and cover.sum() == 16
+    assert np.all(result.coverage[flat.shared_index] == 8)
+    assert result.num_rows.tolist() == [2, 2]
+
+    # the real wire length is what Links charges at dispatch
+    cfg = config_from_dict({"compression": {"uplink": codec}})
+    segments = tuple(p.numel() for p in ToyModel().parameters())
+    planned, raw = Links(cfg, segments, flat).upload_bytes(np.array([2, 2]), 2)
+    assert result.bytes_up.tolist() == planned.tolist()
+    assert raw.tolist() == [4 + 2 * 4 + 1 + 4 * (2 * DIM + 4)] * 2
+
+
+def test_training_outside_client_rows_is_caught(monkeypatch):
+    worker = toy_worker(monkeypatch, leaky=True)
+    with pytest.raises(RuntimeError, match="outside its client_rows"):
+        worker.run_group(flat_params(ToyModel()), 0, 1, [Task(1, 1)], mu=0.0)
+
+
+def test_per_row_sum_averages_each_row_over_its_senders():
+    # two clients: n=1 sends rows {0, 1}, n=3 sends row {1}; coordinate 2 is shared
+    delta_a, delta_b = np.array([1.0, 1.0, 1.0]), np.array([0.0, 5.0, 2.0])
+    update_sum = 1 * delta_a + 3 * delta_b
+    coverage = np.array([1.0, 4.0, 4.0])
+    weight_sum = 4.0
+    mean = per_row_sum(update_sum, coverage, weight_sum) / weight_sum
+    assert mean.tolist() == [1.0, (1 * 1 + 3 * 5) / 4, (1 + 3 * 2) / 4]
+    # a row nobody sent stays put
+    assert per_row_sum(np.zeros(2), np.zeros(2), 4.0).tolist() == [0.0, 0.0]

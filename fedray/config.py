@@ -331,6 +331,29 @@ class EcomKgConfig(_EcomTaskConfig):
     negatives: int = Field(default=16, ge=1, le=1024)  # corrupted triples per positive
     test_fraction: float = Field(default=0.1, gt=0, lt=1)
 
+    @model_validator(mode="after")
+    def _natural_needs_the_world(self):
+        # Replaces the text tasks' check: a triple file's `client` column is a natural partition.
+        p = self.partition
+        if not self.generated and p.scheme == "natural" and p.by != "platform":
+            raise ValueError(
+                "partition natural with a triple file means the file's client column; remove "
+                "partition.by, or use partition iid, dirichlet or powerlaw"
+            )
+        if self.model == "complex" and self.embed_dim % 2:
+            raise ValueError(
+                f"model complex stores real and imaginary halves: embed_dim={self.embed_dim} "
+                "must be even"
+            )
+        return self
+
+    def check_num_clients(self, num_clients: int) -> None:
+        if not self.generated:
+            # a file's client column sets the count; the workload checks it when it reads the file
+            self._num_clients = num_clients
+            return
+        super().check_num_clients(num_clients)
+
 
 class EcomRecConfig(_Model):
     """Personalised recommendation, one client per user (MF/NCF; HR@10, NDCG@10). Users are

@@ -6,6 +6,8 @@
 * CoNLL-style token/tag files (NER): one ``token tag`` per line (whitespace-separated, the tag
   last), a blank line between sentences, ``-DOCSTART-`` lines ignored; tags are ``O``, ``B-X`` or
   ``I-X``.
+* Knowledge-graph triples (KG): TSV lines ``head<TAB>relation<TAB>tail`` with an optional 4th
+  column ``client`` (which client holds the triple; a triple may be listed under several).
 
 A malformed file raises :class:`fedray.errors.UserError` with one line naming the file, the line
 and the problem, and saying how to fix it.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +132,58 @@ def read_text(path: str | Path, min_examples: int = 2) -> Corpus:
             f"{path}: only {len(docs)} non-blank lines; a federated split needs at least {min_examples}"
         )
     return Corpus(tokens=docs, labels=np.zeros(len(docs), np.int64), label_names=["text"])
+
+
+# ----------------------------------------------------------------------------- triples
+
+
+@dataclass(frozen=True)
+class TripleFile:
+    """Triples of a knowledge graph, and per triple the client that holds it (or None)."""
+
+    triples: list[tuple[str, str, str]]
+    clients: list[str] | None
+
+
+def read_triples(path: str | Path, min_triples: int = 2) -> TripleFile:
+    """``head<TAB>relation<TAB>tail`` lines (KG), optionally with a 4th ``client`` column.
+
+    Blank lines and ``#`` comments are skipped, as is a first line ``head relation tail
+    [client]`` (a header). Either every line names its client or none does."""
+    path = Path(path)
+    triples: list[tuple[str, str, str]] = []
+    clients: list[str] = []
+    width = None
+    for number, line in enumerate(_open(path).splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        if not triples and [f.lower() for f in fields] in (
+            ["head", "relation", "tail"],
+            ["head", "relation", "tail", "client"],
+        ):
+            width = len(fields)
+            continue
+        if len(fields) not in (3, 4):
+            raise UserError(
+                f"{path}: line {number}: expected 3 tab-separated columns head, relation, tail "
+                f"(and optionally client), got {len(fields)}; separate the columns with tabs"
+            )
+        if width is not None and len(fields) != width:
+            raise UserError(
+                f"{path}: line {number}: {len(fields)} columns, but earlier lines have {width}; "
+                "give every line a client column or none"
+            )
+        width = len(fields)
+        names = ("head", "relation", "tail", "client")[: len(fields)]
+        empty = [n for n, f in zip(names, fields, strict=True) if not f]
+        if empty:
+            raise UserError(f"{path}: line {number}: empty {empty[0]}; fill it or remove the line")
+        triples.append((fields[0], fields[1], fields[2]))
+        if width == 4:
+            clients.append(fields[3])
+    if len(triples) < min_triples:
+        raise UserError(
+            f"{path}: only {len(triples)} triples; a federated split needs at least {min_triples}"
+        )
+    return TripleFile(triples, clients if width == 4 else None)

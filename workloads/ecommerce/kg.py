@@ -10,7 +10,7 @@ Setting"): the entity table is federated row by row — a client uploads the row
 its train triples and the server averages each row over the clients that sent it
 (:class:`~fedray.workloads.base.ParameterLayout` ``row_tables``) — while relation embeddings stay
 private to each client. Local training is plain SGD on the logistic loss with ``negatives``
-corruptions per positive, drawn from the client's own entities only (FedE §3.1), so rows of other
+corruptions per positive, drawn from the client's own entities only (as in FedE), so rows of other
 entities are left bit-identical and need not travel. Scores: DistMult (Yang et al. 2015),
 ComplEx (Trouillon et al. 2016) or TransE (Bordes et al. 2013), see :mod:`.kg_models`.
 

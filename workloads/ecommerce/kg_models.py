@@ -49,8 +49,8 @@ class KGEModel(nn.Module):
         self.relation = nn.Embedding(num_relations, width)
         nn.init.normal_(self.entity.weight, std=init_std)
         nn.init.normal_(self.relation.weight, std=init_std)
-        # TransE's margin: about the L1 distance of two random rows, so untrained scores start
-        # near the logistic loss's threshold rather than deep on one side of it.
+        # TransE's margin, of the order of ‖h + r − t‖₁ for untrained rows (≈ 1.4 · width ·
+        # init_std), so scores start near the logistic loss's threshold, not deep on one side.
         self.gamma = float(width * init_std)
 
     def score(self, h: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -97,8 +97,8 @@ def negative_sampling_loss(
     corrupt: torch.Tensor,
     replace_head: torch.Tensor,
 ) -> torch.Tensor:
-    """Logistic loss of positives against their corruptions (Trouillon et al. 2016, eq. 10,
-    without the L2 term): mean softplus(−s⁺) + mean softplus(s⁻).
+    """Logistic loss of positives against their corruptions (Trouillon et al. 2016's loss,
+    without its L2 term): mean softplus(−s⁺) + mean softplus(s⁻).
 
     ``entities`` [n, width] is the table ``batch`` [b, 3] indexes; ``corrupt`` [b, k] are
     replacement entity ids, put in the head where ``replace_head`` [b, k] is true, else the tail.

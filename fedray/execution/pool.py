@@ -129,17 +129,28 @@ class WorkerPool:
 
     # -- one group at a time (asynchronous runs) ---------------------------------------------
 
-    def submit(self, params, round_: int, tasks: list[Task], mu: float, residuals=None, cost=1.0):
+    def submit(
+        self,
+        params,
+        round_: int,
+        tasks: list[Task],
+        mu: float,
+        residuals=None,
+        cost=1.0,
+        extras: dict | None = None,
+    ):
         """Queue one group (never pre-summed) on the actor with the least outstanding work and
         return a ticket for :meth:`fetch`. ``params`` is a model or a list of object refs that
-        tasks index with ``Task.model``. Calls run as soon as an actor is free, so any number of
+        tasks index with ``Task.model``; ``extras`` are further keyword arguments of
+        :meth:`ClientWorker.run_group` (e.g. ``privates``). Calls run as soon as an actor is free, so any number of
         groups train concurrently while the caller consumes results in its own order."""
         cost = max(float(cost), 1e-9)  # > 0 marks a call still counted as outstanding
         self._settle()
         slot = int(np.argmin(self._outstanding))
         args = (params, self._next_ticket, round_, tasks, mu, residuals, False)
-        ref = self.actors[slot].run_group.remote(*args)
-        self._tickets[self._next_ticket] = [ref, slot, args, cost, 0]
+        kwargs = extras or {}
+        ref = self.actors[slot].run_group.remote(*args, **kwargs)
+        self._tickets[self._next_ticket] = [ref, slot, (args, kwargs), cost, 0]
         self._outstanding[slot] += cost
         self._next_ticket += 1
         return self._next_ticket - 1
@@ -183,7 +194,8 @@ class WorkerPool:
         self._outstanding[slot] = 0.0
         for entry in self._tickets.values():
             if entry[1] == slot:
-                entry[0] = self.actors[slot].run_group.remote(*entry[2])
+                args, kwargs = entry[2]
+                entry[0] = self.actors[slot].run_group.remote(*args, **kwargs)
                 self._outstanding[slot] += entry[3]
 
     def _replace(self, slot: int, in_flight: dict, pending: list[int]) -> None:

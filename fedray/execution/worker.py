@@ -57,6 +57,11 @@ class GroupResult:
     coverage: np.ndarray | None = None  # row tables: Σ n_k over the clients uploading each coord
     privates: dict[int, np.ndarray] = field(default_factory=dict)  # new private parameters
     num_rows: np.ndarray | None = None  # row tables: rows each client uploaded
+    row_ids: list[np.ndarray] | None = None  # row tables, not pre-summed: each client's rows
+
+    def rows_of(self, i: int) -> np.ndarray | None:
+        """The row ids client ``i`` of the group uploaded (None without row tables)."""
+        return None if self.row_ids is None else self.row_ids[i]
 
 
 @dataclass(frozen=True)
@@ -268,6 +273,7 @@ class ClientWorker:
         flat = self.flat
         coverage = np.zeros(base.shape, dtype=np.float64) if flat.tables else None
         num_rows = np.empty(n, np.int64) if flat.tables else None
+        row_ids = [] if flat.tables and not presum else None
         new_privates: dict[int, np.ndarray] = {}
         if self.vectorized:
             trained = self._train_vectorized(bases, round_, tasks, mu, corrections)
@@ -295,6 +301,8 @@ class ClientWorker:
                 if coverage is not None:
                     coverage[index] += done.num_samples
                     num_rows[i] = len(done.rows)
+                if row_ids is not None:
+                    row_ids.append(done.rows)
             if rows is not None:
                 rows[i] = decoded
             else:
@@ -334,6 +342,7 @@ class ClientWorker:
             coverage,
             {c: p for c, p in new_privates.items() if p is not None},
             num_rows,
+            row_ids,
         )
 
     def _compact(self, update: np.ndarray, index: np.ndarray, client_id: int) -> np.ndarray:

@@ -39,7 +39,7 @@ from fedray.config import Config
 from fedray.errors import UserError
 from fedray.execution.worker import GroupResult, Task
 from fedray.sim.dispatch import DispatchPlan, DispatchPlanner
-from fedray.sim.driver import Driver, DriverState, enough_updates
+from fedray.sim.driver import Driver, DriverState, enough_updates, per_row_sum
 from fedray.sim.round_plan import COMPLETED, DROPPED
 from fedray.strategies import FedAsync, staleness_weight
 from fedray.strategies.fedbuff import UpdateBuffer
@@ -114,6 +114,7 @@ class _Window:
     bytes_down: int = 0
     bytes_down_raw: int = 0
     bytes_up: int = 0
+    bytes_up_raw: int = 0
     arrived: int = 0
     dropped: int = 0
     stale: int = 0
@@ -143,14 +144,15 @@ class AsyncDriver(Driver):
             profiles=self.profiles,
             num_train_samples=workload.num_train_samples,
             local_epochs=cfg.client.local_epochs,
-            update_bytes=self.links.update_bytes,
+            upload_bytes=lambda ids: self.links.upload_bytes(self.num_client_rows(ids), len(ids)),
         )
 
         self._events: list[tuple[float, int]] = []  # (finish_s, seq) heap
         self._in_flight: dict[int, InFlight] = {}  # seq -> task
         self._busy: set[int] = set()  # client ids in flight
         self._pending: list[InFlight] = []  # dispatched, not yet submitted to the pool
-        self._groups: dict[int, list] = {}  # ticket -> [GroupResult | None, unconsumed tasks]
+        # ticket -> [GroupResult | None, unconsumed tasks, planned upload bytes per task]
+        self._groups: dict[int, list] = {}
         self._versions: dict[int, _Version] = {}
         self._next_seq = 0
         self._window = _Window()
@@ -190,9 +192,14 @@ class AsyncDriver(Driver):
         result = self._result_of(task)
         update = result.updates[task.row]
         loss = float(result.train_loss[task.row])
-        if self.residuals is not None and task.plan.client_id in result.residuals:
-            # The client keeps its residual whether or not the server uses the update.
-            self.residuals.put(task.plan.client_id, result.residuals[task.plan.client_id])
+        cid = task.plan.client_id
+        # The client keeps its residual and its private parameters whether or not the server
+        # uses the update.
+        if self.residuals is not None and cid in result.residuals:
+            self.residuals.put(cid, result.residuals[cid])
+        if self.privates is not None and cid in result.privates:
+            self.privates.put(cid, result.privates[cid])
+        index = None if self.flat.dense else self.flat.upload_index(result.rows_of(task.row))
         state = self.state
         staleness = state.server.version - task.version
         max_staleness = self.cfg.asynchronous.max_staleness
@@ -202,14 +209,22 @@ class AsyncDriver(Driver):
         self._resolve(task, COMPLETED, staleness=staleness, loss=loss)
         self._aggregated.append((staleness, loss, task.plan.num_samples))
         if self.fedasync:
-            client_model = self._versions[task.version].params + update
+            if index is None:
+                client_model = self._versions[task.version].params + update
+            else:
+                # Only what the client uploaded is mixed; untouched rows and private coordinates
+                # keep the current model's values instead of being pulled back to version τ's.
+                client_model = state.server.params.astype(np.float32)
+                client_model[index] = self._versions[task.version].params[index] + update[index]
             state.server = self.strategy.mix(state.server, client_model, staleness)
             self._step_taken(wall_start)
             return
-        self.buffer.add(update, staleness, task.plan.num_samples)
+        self.buffer.add(update, staleness, task.plan.num_samples, index=index)
         if self.buffer.full:
-            total, weight = self.buffer.drain()
+            total, weight, coverage = self.buffer.drain_with_coverage()
             if self.strategy.linear:
+                if coverage is not None and self.flat.tables:
+                    total = per_row_sum(total, coverage, weight)
                 state.server = self.strategy.apply(state.server, total, weight)
             elif enough_updates(self.strategy, len(total)):
                 state.server = self.strategy.aggregate(state.server, total, weight)
@@ -275,10 +290,11 @@ class AsyncDriver(Driver):
             self.strategy.client_mu,
             residuals,
             cost=float(sum(t.plan.num_samples * t.plan.local_epochs for t in tasks)),
+            extras={"privates": self.group_privates(group)},
         )
         for row, t in enumerate(tasks):
             t.ticket, t.row = ticket, row
-        self._groups[ticket] = [None, len(tasks)]
+        self._groups[ticket] = [None, len(tasks), np.array([t.plan.bytes_up for t in tasks])]
 
     def _result_of(self, task: InFlight) -> GroupResult:
         if task.ticket is None:  # the earliest arrival is still waiting for a full group
@@ -291,7 +307,7 @@ class AsyncDriver(Driver):
                 # them drain their queues while the driver waits.
                 self._submit_pending()
             entry[0] = self.pool.fetch(task.ticket)
-            self.links.check_uploads(entry[0].bytes_up)
+            self.links.check_uploads(entry[0].bytes_up, entry[2])
         result = entry[0]
         entry[1] -= 1
         if entry[1] == 0:
@@ -303,7 +319,7 @@ class AsyncDriver(Driver):
     def _resolve(self, task: InFlight, status: str, staleness: int = -1, loss=np.nan) -> None:
         window = self._window
         arrived = status != DROPPED
-        bytes_up = self.links.update_bytes if arrived else 0
+        bytes_up = task.plan.bytes_up if arrived else 0
         values = (
             task.plan.client_id,
             status,
@@ -326,13 +342,14 @@ class AsyncDriver(Driver):
         window.arrived += arrived
         window.dropped += status == DROPPED
         window.stale += status == STALE
+        window.bytes_up_raw += task.plan.bytes_up_raw if arrived else 0
         if status == COMPLETED:
             window.durations.append(task.finish_s - task.dispatch_s)
 
     def _step_taken(self, wall_start: float) -> None:
         cfg, state, window = self.cfg, self.state, self._window
         state.round += 1
-        bytes_up_raw = window.arrived * self.links.update_raw_bytes
+        bytes_up_raw = window.bytes_up_raw
         state.cum_bytes_up += window.bytes_up
         state.cum_bytes_down += window.bytes_down
         stale = [s for s, _, _ in self._aggregated]
@@ -344,7 +361,7 @@ class AsyncDriver(Driver):
             "global_train_accuracy": np.nan,
         }
         if state.round % cfg.eval_every == 0 or state.round == cfg.rounds:
-            metrics = self.evaluate(state.server.params)
+            metrics = self.evaluate(state.server.params, self.eval_privates())
         row = {
             "round": state.round,
             "sim_time_s": state.sim_time_s,

@@ -13,13 +13,14 @@ choice never depends on the block size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedray import seeding
 from fedray.clients.profiles import ProfileModel
-from fedray.sim.round_plan import DROPPED, RoundPlan, plan_round
+from fedray.sim.round_plan import DROPPED, plan_round
 from fedray.sim.selection import is_available
 
 _SLOW_DRAWS = 32
@@ -37,6 +38,8 @@ class DispatchPlan:
     num_samples: int
     local_epochs: int
     bytes_down: int
+    bytes_up: int  # the update's payload, charged if it arrives
+    bytes_up_raw: int  # the same update uncompressed
 
 
 class DispatchPlanner:
@@ -48,7 +51,7 @@ class DispatchPlanner:
         profiles: ProfileModel,
         num_train_samples,
         local_epochs: int,
-        update_bytes: int,
+        upload_bytes: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
         block: int = 256,
         candidates: int = 4,
     ):
@@ -56,7 +59,8 @@ class DispatchPlanner:
         self.profiles = profiles
         self.num_train_samples = num_train_samples
         self.local_epochs = local_epochs
-        self.update_bytes = update_bytes
+        # client ids -> (payload bytes, uncompressed bytes) of their uploads
+        self.upload_bytes = upload_bytes
         self.block, self.width = block, candidates
         self._cached: tuple | None = None  # (block index, model bytes, candidates, online, plan)
 
@@ -88,6 +92,7 @@ class DispatchPlanner:
     def _plan(self, ids: np.ndarray, seqs: np.ndarray, model_bytes: int):
         # With "wait" and room for everyone, each client's plan is independent of the others.
         num_samples = self.num_train_samples(ids)
+        update_bytes, raw_bytes = self.upload_bytes(ids)
         plan = plan_round(
             seed=self.seed,
             round_=seqs,
@@ -96,12 +101,12 @@ class DispatchPlanner:
             num_samples=num_samples,
             local_epochs=self.local_epochs,
             model_bytes=model_bytes,
-            update_bytes=self.update_bytes,
+            update_bytes=update_bytes,
             clients_per_round=len(ids),
             deadline_s=None,
             policy="wait",
         )
-        return plan, num_samples
+        return plan, num_samples, update_bytes, raw_bytes
 
     def _draw_further(self, seq: int, busy: set[int]) -> int:
         seqs = np.array([seq])
@@ -117,8 +122,8 @@ class DispatchPlanner:
         )
 
 
-def _extract(planned: tuple[RoundPlan, np.ndarray], i: int) -> DispatchPlan:
-    plan, num_samples = planned
+def _extract(planned: tuple, i: int) -> DispatchPlan:
+    plan, num_samples, update_bytes, raw_bytes = planned
     return DispatchPlan(
         client_id=int(plan.client_ids[i]),
         dropped=plan.status[i] == DROPPED,
@@ -129,4 +134,6 @@ def _extract(planned: tuple[RoundPlan, np.ndarray], i: int) -> DispatchPlan:
         num_samples=int(num_samples[i]),
         local_epochs=int(plan.local_epochs[i]),
         bytes_down=int(plan.bytes_down[i]),
+        bytes_up=int(update_bytes[i]),
+        bytes_up_raw=int(raw_bytes[i]),
     )

@@ -42,6 +42,15 @@ def enough_updates(strategy, n: int) -> bool:
     return not (rule == "multi_krum" and m is not None and m > n)
 
 
+def per_row_sum(update_sum: np.ndarray, coverage: np.ndarray, weight_sum: float) -> np.ndarray:
+    """Rescale Σ n_k Δ_k so that dividing by Σ n_k (what every linear strategy does) averages
+    each coordinate over the clients that uploaded it: row-table rows by the clients holding
+    that row (FedE's per-entity average), shared coordinates by everyone (factor 1). Coordinates
+    nobody uploaded (private ones, untouched rows) stay 0."""
+    scale = np.divide(weight_sum, coverage, out=np.zeros_like(coverage), where=coverage > 0)
+    return update_sum * scale
+
+
 class Driver:
     """The shared part of a driver; subclasses implement ``run() -> DriverState``."""
 
@@ -110,11 +119,6 @@ def check_layout_support(cfg: Config, workload: Workload, flat: FlatLayout) -> N
     """What a workload with private parameters or row-sparse tables cannot be combined with."""
     if flat.dense:
         return
-    if cfg.mode == "async":
-        raise UserError(
-            f"workload {workload.name} (private parameters / row-sparse tables) runs in "
-            "synchronous rounds only for now; set mode: sync"
-        )
     if cfg.strategy.name == "scaffold":
         raise UserError(
             f"scaffold's control variates assume a dense model; workload {workload.name} has "

@@ -41,6 +41,9 @@ class UpdateBuffer:
     weights: list[float] = field(default_factory=list)
     stalenesses: list[int] = field(default_factory=list)
     mass: float = 0.0  # Σ n_i (samples) or K (uniform)
+    # Row-sparse uploads: Σ m_i over the updates that carried each coordinate, so the step can
+    # average each row over the clients that sent it (None while every update was dense).
+    coverage: np.ndarray | None = None
 
     def __post_init__(self):
         if self.weighting not in ("samples", "uniform"):
@@ -50,7 +53,14 @@ class UpdateBuffer:
         if self.size < 1:
             raise ValueError(f"FedBuff buffer size K must be >= 1, got {self.size}")
 
-    def add(self, update: np.ndarray, staleness: int, num_samples: int = 1) -> None:
+    def add(
+        self,
+        update: np.ndarray,
+        staleness: int,
+        num_samples: int = 1,
+        index: np.ndarray | None = None,
+    ) -> None:
+        """Buffer one update; ``index``: the coordinates it carries, when row-sparse."""
         weight = float(self.staleness(staleness))
         if self.keep_rows:
             self.rows.append(np.asarray(update, dtype=np.float64) * weight)
@@ -59,6 +69,10 @@ class UpdateBuffer:
             weighted = np.asarray(update, dtype=np.float64) * (weight * mass)
             self.total = weighted if self.total is None else self.total + weighted
             self.mass += mass
+            if index is not None:
+                if self.coverage is None:
+                    self.coverage = np.zeros(len(weighted), dtype=np.float64)
+                self.coverage[index] += mass
         self.weights.append(weight)
         self.stalenesses.append(int(staleness))
 
@@ -79,4 +93,10 @@ class UpdateBuffer:
             out = (self.total, self.mass)
         self.total, self.rows, self.weights, self.stalenesses = None, [], [], []
         self.mass = 0.0
+        self.coverage = None
         return out
+
+    def drain_with_coverage(self):
+        """:meth:`drain` plus the per-coordinate mass of row-sparse updates (or None)."""
+        coverage = self.coverage
+        return (*self.drain(), coverage)

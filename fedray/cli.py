@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             from fedray.config import WORKLOAD_MODELS
 
             for name, model in WORKLOAD_MODELS.items():
-                print(f"{name:<14} {model.__doc__.strip().splitlines()[0]}")
+                # the first sentence of the config class's docstring, however it is wrapped
+                paragraph = " ".join(model.__doc__.strip().split("\n\n")[0].split())
+                print(f"{name:<14} {paragraph.split('. ')[0].rstrip('.')}.")
             return 0
         if args.command == "study":
             from fedray.study import run_study

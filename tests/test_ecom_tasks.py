@@ -164,8 +164,12 @@ def test_cli_lists_the_workloads(capsys):
         "ecom_relation",
         "ecom_ner",
         "ecom_lm",
+        "ecom_kg",
+        "ecom_rec",
     ]
-    assert all(len(line.split(maxsplit=1)[1]) > 20 for line in lines)  # each has a description
+    # each has a one-sentence description
+    assert all(len(line.split(maxsplit=1)[1]) > 20 for line in lines)
+    assert all(line.endswith(").") for line in lines)
 
 
 def test_more_clients_than_the_data_can_fill_is_a_one_line_error(tmp_path):

@@ -169,7 +169,7 @@ def test_cli_lists_the_workloads(capsys):
     ]
     # each has a one-sentence description
     assert all(len(line.split(maxsplit=1)[1]) > 20 for line in lines)
-    assert all(line.endswith(").") for line in lines)
+    assert all(line.endswith(".") for line in lines)
 
 
 def test_more_clients_than_the_data_can_fill_is_a_one_line_error(tmp_path):

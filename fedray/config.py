@@ -371,14 +371,28 @@ class EcomRecConfig(_Model):
     interactions_per_user: int = Field(default=20, ge=3, le=10000)  # mean, generated users
     negatives: int = Field(default=4, ge=1, le=1000)  # sampled negatives per training positive
     eval_negatives: int = Field(default=100, ge=1, le=100000)  # leave-one-out ranking
+    # before training and ranking, a device fits its user vector to its train split (items
+    # frozen): this many Newton steps on the BCE + fold_in_l2/2·‖user‖²; 0 keeps the stored one
+    fold_in_steps: int = Field(default=5, ge=0, le=1000)
+    fold_in_l2: float = Field(default=0.01, gt=0)
     eval_clients: int = Field(default=500, ge=1)
+    _num_clients: int | None = PrivateAttr(default=None)
 
     @property
     def generated(self) -> bool:
         return self.source == "generated"
 
+    @property
+    def num_clients(self) -> int:
+        """clients.num_clients of the run: the number of users (set by :class:`Config`)."""
+        if self._num_clients is None:
+            raise RuntimeError("workload config used outside a Config: num_clients is unknown")
+        return self._num_clients
+
     def check_num_clients(self, num_clients: int) -> None:
-        """Generated users: any number (each is drawn from its id)."""
+        """Generated users: any number (each is drawn from its id). A source file's distinct
+        users are checked against it when the workload reads the file."""
+        self._num_clients = num_clients
 
 
 WORKLOAD_MODELS: dict[str, type[_Model]] = {

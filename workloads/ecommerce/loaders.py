@@ -6,6 +6,8 @@
 * CoNLL-style token/tag files (NER): one ``token tag`` per line (whitespace-separated, the tag
   last), a blank line between sentences, ``-DOCSTART-`` lines ignored; tags are ``O``, ``B-X`` or
   ``I-X``.
+* Interactions (recommendation): CSV or Parquet with columns ``user_id,item_id,timestamp``
+  (others ignored); ids are any strings or integers, timestamps numbers or ISO 8601 dates.
 * Knowledge-graph triples (KG): TSV lines ``head<TAB>relation<TAB>tail`` with an optional 4th
   column ``client`` (which client holds the triple; a triple may be listed under several).
 
@@ -16,8 +18,10 @@ and the problem, and saying how to fix it.
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +136,148 @@ def read_text(path: str | Path, min_examples: int = 2) -> Corpus:
             f"{path}: only {len(docs)} non-blank lines; a federated split needs at least {min_examples}"
         )
     return Corpus(tokens=docs, labels=np.zeros(len(docs), np.int64), label_names=["text"])
+
+
+# ----------------------------------------------------------------------------- interactions
+
+INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """Interaction rows with users and items renumbered ``0..U-1`` and ``0..I-1`` in the sorted
+    order of their ids (numeric order when every id is an integer)."""
+
+    path: Path
+    user: np.ndarray  # int64, one per row
+    item: np.ndarray  # int64
+    timestamp: np.ndarray  # float64 (seconds for dates)
+    user_names: np.ndarray  # the file's ids, indexed by the new ids
+    item_names: np.ndarray
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_names)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_names)
+
+
+def read_interactions(path: str | Path) -> Interactions:
+    """``user_id,item_id,timestamp`` rows from a CSV (header first) or Parquet file
+    (``.parquet``/``.pq``)."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        users, items, times = _parquet_interactions(path)
+    else:
+        users, items, times = _csv_interactions(path)
+    if not users:
+        raise UserError(f"{path}: no interaction rows; add user_id,item_id,timestamp rows")
+    user_names, user = _renumber(users)
+    item_names, item = _renumber(items)
+    return Interactions(path, user, item, np.asarray(times, np.float64), user_names, item_names)
+
+
+def _csv_interactions(path: Path) -> tuple[list, list, list]:
+    reader = csv.reader(io.StringIO(_open(path)))
+    header = [c.strip().lower() for c in next(reader, [])]
+    missing = [c for c in INTERACTION_COLUMNS if c not in header]
+    if missing:
+        raise UserError(
+            f"{path}: line 1: missing column {missing[0]!r}; the header needs "
+            f"{','.join(INTERACTION_COLUMNS)}"
+        )
+    at = [header.index(c) for c in INTERACTION_COLUMNS]
+    users, items, times = [], [], []
+    for row in reader:
+        where = f"{path}: line {reader.line_num}"
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise UserError(
+                f"{where}: expected {len(header)} columns like the header, got {len(row)}; "
+                'quote ids that contain commas ("a, b")'
+            )
+        user, item, stamp = (row[i].strip() for i in at)
+        _check_id(where, "user_id", user)
+        _check_id(where, "item_id", item)
+        users.append(user), items.append(item), times.append(_timestamp(where, stamp))
+    return users, items, times
+
+
+def _parquet_interactions(path: Path) -> tuple[list, list, list]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise UserError(f"workload.source {str(path)!r} not found; give the path of your data file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{path}: not a readable Parquet file ({first})") from None
+    names = [n.lower() for n in table.column_names]
+    missing = [c for c in INTERACTION_COLUMNS if c not in names]
+    if missing:
+        raise UserError(
+            f"{path}: missing column {missing[0]!r}; the file needs columns "
+            f"{','.join(INTERACTION_COLUMNS)}"
+        )
+    column = {c: table.column(names.index(c)) for c in INTERACTION_COLUMNS}
+    stamps, scale = column["timestamp"], 1.0
+    if pa.types.is_timestamp(stamps.type) or pa.types.is_date(stamps.type):
+        stamps, scale = stamps.cast(pa.timestamp("us")).cast(pa.int64()), 1e-6  # -> seconds
+    users, items = column["user_id"].to_pylist(), column["item_id"].to_pylist()
+    times = []
+    rows = zip(users, items, stamps.to_pylist(), strict=True)
+    for row, (user, item, stamp) in enumerate(rows, start=1):
+        where = f"{path}: row {row}"
+        _check_id(where, "user_id", user)
+        _check_id(where, "item_id", item)
+        if stamp is None:
+            raise UserError(f"{where}: empty timestamp; fill it or remove the row")
+        times.append(_timestamp(where, stamp) * scale)
+    return [str(u) for u in users], [str(i) for i in items], times
+
+
+def _check_id(where: str, column: str, value) -> None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{where}: empty {column}; fill it or remove the row")
+
+
+def _timestamp(where: str, value) -> float:
+    """A number, or an ISO 8601 date/datetime (naive ones read as UTC) in seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            number = float(text)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                raise UserError(
+                    f"{where}: timestamp {text!r} is neither a number nor an ISO 8601 date; "
+                    "use e.g. 1700000000 or 2024-05-01T12:00:00"
+                ) from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            number = moment.timestamp()
+    if not np.isfinite(number):
+        raise UserError(f"{where}: timestamp {value!r} is not finite; use a real time")
+    return number
+
+
+def _renumber(ids: list) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct ids, each row's index among them); integer ids sort as numbers."""
+    try:
+        values = np.array([int(v) for v in ids], np.int64)
+    except (ValueError, OverflowError):
+        values = np.array([str(v) for v in ids])
+    names, codes = np.unique(values, return_inverse=True)
+    return names, codes.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- triples

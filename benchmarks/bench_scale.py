@@ -1,14 +1,16 @@
 """Scale: peak memory against registered clients, and round time against clients per round.
 
-Two sweeps of Synthetic(1,1) FedAvg runs, each run in a fresh process whose whole process tree
-(driver, Ray daemons, pool actors; PSS, so shared pages count once) is sampled by pss_tree.py:
+Two sweeps of FedAvg runs on Synthetic(1,1) — or, with ``--workload ecom_rec``, on the
+recommendation task (one client per user, user embeddings kept in the per-client state store,
+row-sparse item uploads) — each run in a fresh process whose whole process tree (driver, Ray
+daemons, pool actors; PSS, so shared pages count once) is sampled by pss_tree.py:
 
 * memory — N registered clients in {10k, 100k, 1M, 10M}, 1000 clients per round, 3 rounds;
   the issue's target: 10M registered clients with 1000 per round stays under 4 GB;
 * round time — N = 1M, clients per round in {10, 100, 1000, 10000}, 3 rounds; wall seconds per
   round (start-up excluded).
 
-    python benchmarks/bench_scale.py [--quick] [--out benchmarks/results/bench_scale.json]
+    python benchmarks/bench_scale.py [--quick] [--workload ecom_rec] [--out FILE.json]
 
 ``--quick`` stops at 1M registered clients and 1000 per round.
 """
@@ -53,13 +55,19 @@ def child(spec_json: str) -> None:
     )
 
 
-def spec(num_clients: int, per_round: int, root: str) -> dict:
+WORKLOADS = {
+    "synthetic": {"name": "synthetic", "eval_clients": 100},
+    "ecom_rec": {"name": "ecom_rec", "eval_clients": 100},
+}
+
+
+def spec(num_clients: int, per_round: int, root: str, workload: str = "synthetic") -> dict:
     return {
         "seed": 0,
         "rounds": 3,
         "clients_per_round": per_round,
         "eval_every": 3,
-        "workload": {"name": "synthetic", "eval_clients": 100},
+        "workload": WORKLOADS[workload],
         "clients": {
             "num_clients": num_clients,
             "profile": {"speed": {"dist": "lognormal", "median": 200, "sigma": 0.5}},
@@ -74,10 +82,11 @@ def spec(num_clients: int, per_round: int, root: str) -> dict:
     }
 
 
-def measure(num_clients: int, per_round: int, root: str) -> dict:
+def measure(num_clients: int, per_round: int, root: str, workload: str) -> dict:
+    config = spec(num_clients, per_round, root, workload)
     out = (
         subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(spec(num_clients, per_round, root))],
+            [sys.executable, __file__, "--child", json.dumps(config)],
             check=True,
             capture_output=True,
             text=True,
@@ -92,8 +101,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "bench_scale.json"))
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="synthetic")
+    parser.add_argument("--out", help="results file (default results/bench_scale[_rec].json)")
     args = parser.parse_args()
+    if args.out is None:
+        suffix = "" if args.workload == "synthetic" else "_rec"
+        args.out = os.path.join(HERE, "results", f"bench_scale{suffix}.json")
     if args.child:
         child(args.child)
         return
@@ -103,12 +116,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         print("registered clients -> peak PSS of the process tree (1000 per round)")
         for n in populations:
-            m = measure(n, 1000, root)
+            m = measure(n, 1000, root, args.workload)
             rows["memory"].append(m)
             print(f"  N={n:>10,}  peak PSS {m['peak_pss_mb']:7.0f} MB", flush=True)
         print("clients per round -> wall seconds per round (N = 1M)")
         for k in cohorts:
-            m = measure(1_000_000, k, root)
+            m = measure(1_000_000, k, root, args.workload)
             rows["round_time"].append(m)
             print(
                 f"  K={k:>6,}  {m['wall_per_round_s']:7.2f} s/round   "

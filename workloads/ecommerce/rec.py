@@ -12,9 +12,9 @@ Models (``workload.model``):
 
 * ``mf`` — matrix factorisation with item biases (Koren, Bell & Volinsky 2009, "Matrix
   Factorization Techniques for Recommender Systems"): s(u, i) = p_u · q_i + b_i.
-* ``ncf`` — NeuMF (He et al. 2017, "Neural Collaborative Filtering", §3.4): a GMF branch
-  p_u^G ⊙ q_i^G and an MLP over [p_u^M, q_i^M], joined by a linear output layer, plus b_i.
-  p_u = [p_u^G, p_u^M] is private, q_i = [q_i^G, q_i^M] and b_i are row tables, the MLP is dense.
+* ``ncf`` — GMF + MLP after NeuMF (He et al. 2017, "Neural Collaborative Filtering"): a GMF
+  branch p_u^G · q_i^G plus an MLP tower over [p_u^M, q_i^M], plus b_i. p_u = [p_u^G, p_u^M] is
+  private, q_i = [q_i^G, q_i^M] and b_i are row tables, the MLP is dense and federated.
 
 Both train on implicit feedback with the binary cross-entropy of NCF (positives 1, sampled
 negatives 0), with plain SGD (no weight decay: untouched rows must not move). Evaluation is NCF's leave-one-out protocol: each user's latest interaction is
@@ -77,21 +77,30 @@ class MatrixFactorization(nn.Module):
 
 
 class NeuMF(MatrixFactorization):
-    """GMF ⊕ MLP (He et al. 2017): embeddings of width 2·dim, the first half GMF's."""
+    """GMF + MLP (He et al. 2017): embeddings of width 2·dim, the first half GMF's, the second
+    the MLP tower's; s(u, i) = p_u^G · q_i^G + h^T MLP([p_u^M, q_i^M]) + b_i.
+
+    NeuMF learns a weight vector over the GMF branch too; here it is fixed to ones (the GMF
+    branch is MF's dot product). With a learned one the score is trilinear in (h, p_u, q_i), and
+    plain SGD at MF's step sizes blew up after ~70 rounds of the shipped config; pre-training
+    with Adam, as the paper does, is not an option for a device that trains a few steps once."""
 
     def __init__(self, num_items: int, dim: int, hidden: int):
         super().__init__(num_items, 2 * dim)
         self.dim = dim
         self.mlp = nn.Sequential(
-            nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden // 2 or 1), nn.ReLU()
+            nn.Linear(2 * dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden // 2 or 1),
+            nn.ReLU(),
+            nn.Linear(hidden // 2 or 1, 1),
         )
-        self.out = nn.Linear(dim + (hidden // 2 or 1), 1)
 
     def score(self, user, rows, bias):
         d = self.dim
-        gmf = user[..., :d] * rows[..., :d]
-        mlp = self.mlp(torch.cat([user[..., d:].expand_as(rows[..., d:]), rows[..., d:]], dim=-1))
-        return self.out(torch.cat([gmf, mlp], dim=-1)).squeeze(-1) + bias.squeeze(-1)
+        gmf = (user[..., :d] * rows[..., :d]).sum(-1)
+        tower = torch.cat([user[..., d:].expand_as(rows[..., d:]), rows[..., d:]], dim=-1)
+        return gmf + self.mlp(tower).squeeze(-1) + bias.squeeze(-1)
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -19,7 +19,7 @@ costs O(interactions): a categorical over the 48 cells, then a binary search in 
 distinct draws are sequential sampling without replacement: drawing with replacement and keeping
 first occurrences gives exactly that distribution.
 
-The split follows NCF's protocol (He et al. 2017, "Neural Collaborative Filtering", §4.1): the
+The split follows NCF's protocol (He et al. 2017, "Neural Collaborative Filtering"): the
 latest interaction is held out and ranked against ``eval_negatives`` items the user never
 interacted with; the others are training positives, each with ``negatives`` sampled
 non-interacted items labelled 0 (drawn once, as part of the user's data, and distinct from the

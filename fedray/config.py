@@ -368,6 +368,9 @@ class EcomRecConfig(_Model):
     model: Literal["mf", "ncf"] = "mf"
     embed_dim: int = Field(default=32, ge=1, le=4096)
     hidden: int = Field(default=64, ge=1, le=4096)  # NCF's MLP width
+    # SGD step of NCF's dense MLP tower: every example moves it, so the client.lr that the
+    # embedding rows need (each sees few examples per minibatch) would blow it up
+    tower_lr: float = Field(default=0.5, gt=0)
     interactions_per_user: int = Field(default=20, ge=3, le=10000)  # mean, generated users
     negatives: int = Field(default=4, ge=1, le=1000)  # sampled negatives per training positive
     eval_negatives: int = Field(default=100, ge=1, le=100000)  # leave-one-out ranking

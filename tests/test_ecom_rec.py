@@ -335,3 +335,24 @@ def test_federated_mf_learns_and_uploads_only_touched_rows(ray_session, tmp_path
     rows = done["num_samples"].to_numpy()  # generated users: one row per train example
     per_row = done["bytes_up"].to_numpy() / rows
     assert per_row.max() / per_row.min() < 1.5
+
+
+def test_tables_do_not_depend_on_the_number_of_workers(ray_session, tmp_path):
+    runs = [
+        run_rec(
+            tmp_path,
+            rounds=3,
+            eval_every=3,
+            workload__model="ncf",
+            execution__num_workers=workers,
+            output__name=f"w{workers}",
+        )
+        for workers in (1, 2)
+    ]
+    columns = ["train_loss", "bytes_up", "eval_hr10", "eval_ndcg10", "eval_loss"]
+    pd.testing.assert_frame_equal(runs[0].rounds[columns], runs[1].rounds[columns])
+    events = [r.clients.sort_values(["round", "client_id"]).reset_index(drop=True) for r in runs]
+    pd.testing.assert_frame_equal(
+        events[0][["client_id", "bytes_up", "train_loss"]],
+        events[1][["client_id", "bytes_up", "train_loss"]],
+    )

@@ -190,7 +190,8 @@ class EcomRec(Workload):
     ) -> TrainStats:
         """Fold in the user vector against the items as received (:meth:`fold_in`), then
         minibatch SGD on the BCE of (item, label) pairs, shuffled by ``rng`` each epoch, over the
-        user vector, the touched item rows and biases, and any dense layers.
+        user vector, the touched item rows and biases (step ``lr``), and NCF's dense tower (step
+        ``workload.tower_lr``).
 
         The fold-in comes first because most users of a large population train once: starting
         from a random user vector, their item gradients point in random directions and cancel
@@ -230,7 +231,9 @@ class EcomRec(Workload):
                             g.add(p - a, alpha=mu)
                             for g, p, a in zip(grads, params, anchor, strict=True)
                         ]
-                    torch._foreach_add_(params, grads, alpha=-lr)
+                    torch._foreach_add_(params[:3], grads[:3], alpha=-lr)
+                    if dense:
+                        torch._foreach_add_(dense, grads[3:], alpha=-self.cfg.tower_lr)
                 losses.append(loss.detach())
         with torch.no_grad():
             model.user.copy_(user)
@@ -242,7 +245,7 @@ class EcomRec(Workload):
             # caught here, a NaN would otherwise spread through the per-row averages
             raise UserError(
                 f"workload ecom_rec: local training diverged (loss {total}) at client.lr={lr}; "
-                "lower client.lr (NCF's dense layers need a smaller step than MF)"
+                "lower client.lr (or, for ncf, workload.tower_lr)"
             )
         return TrainStats(loss=total / max(steps, 1), steps=steps)
 

@@ -229,3 +229,24 @@ def test_row_sparse_runs_give_the_same_tables_for_any_number_of_workers(
     assert arrived["bytes_up"].nunique() > 1
     if mode.get("strategy") is None:  # six FedAsync mixes of single shops are too few to learn
         assert one.rounds["eval_mrr"].iloc[-1] > one.rounds["eval_mrr"].iloc[0]
+
+
+def test_a_diverged_client_is_a_one_line_user_error(monkeypatch, ray_session, tmp_path):
+    from fedray.errors import UserError
+
+    class Diverging(ToyRec):
+        def local_train(self, model, data, **kwargs):
+            with torch.no_grad():
+                model.item.weight[data.x_train] = float("nan")
+            return TrainStats(float("nan"), 1)
+
+    cfg = config_from_dict({})
+    with monkeypatch.context() as patch:
+        patch.setattr(workloads, "make_workload", lambda cfg, seed: Diverging())
+        worker = ClientWorker(cfg.workload, cfg.client, cfg.compression.uplink, seed=0)
+    with pytest.raises(UserError, match="diverged .* lower client.lr"):
+        worker.run_group(flat_params(ToyModel()), 0, 1, [Task(1, 1)], mu=0.0)
+    # raised on a pool actor, it reaches the caller as itself: one line, no remote traceback
+    with pytest.raises(UserError) as caught:
+        kg_run(tmp_path, "diverged", 1, client={"lr": 1e30, "batch_size": 64})
+    assert "\n" not in str(caught.value) and "lower client.lr" in str(caught.value)

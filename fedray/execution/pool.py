@@ -114,7 +114,7 @@ class WorkerPool:
             group, slot = in_flight.pop(done[0])
             load[slot] -= 1
             try:
-                results[group] = ray.get(done[0])
+                results[group] = _get(done[0])
             except ray.exceptions.RayActorError as err:
                 retries[group] += 1
                 if retries[group] > _MAX_RETRIES:
@@ -176,7 +176,7 @@ class WorkerPool:
         while True:
             ref, slot = self._tickets[ticket][:2]
             try:
-                result = ray.get(ref)
+                result = _get(ref)
             except ray.exceptions.RayActorError as err:
                 entry = self._tickets[ticket]
                 entry[4] += 1
@@ -210,3 +210,14 @@ class WorkerPool:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+
+
+def _get(ref):
+    """``ray.get``, except that a user error raised on a worker (a diverged client, a bad data
+    file) surfaces as itself, so the CLI prints its one line instead of a remote traceback."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, UserError):
+            raise err.cause from None
+        raise

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedray.errors import UserError
+
 
 @dataclass(frozen=True)
 class Task:
@@ -348,6 +350,11 @@ class ClientWorker:
     def _compact(self, update: np.ndarray, index: np.ndarray, client_id: int) -> np.ndarray:
         """The coordinates a client uploads; anything else its training changed is a workload
         bug (a row outside ``client_rows`` would silently never reach the server)."""
+        if not np.all(np.isfinite(update)):
+            raise UserError(
+                f"workload {self.workload.name}: local training of client {client_id} diverged "
+                "(NaN or inf parameters); lower client.lr"
+            )
         outside = np.ones(update.size, dtype=bool)
         outside[index] = False
         outside[self.flat.private_index] = False

@@ -92,6 +92,8 @@ class WorkerPool:
         retries = [0] * len(groups)
         in_flight: dict[ray.ObjectRef, tuple[int, int]] = {}  # ref -> (group, actor slot)
         load = [0] * len(self.actors)
+        outstanding = [0.0] * len(self.actors)  # estimated cost of each actor's queued groups
+        cost = [max(float(c), 1e-9) for c in costs]
 
         def submit(slot: int) -> None:
             group = pending.pop(0)
@@ -102,17 +104,25 @@ class WorkerPool:
             )
             in_flight[ref] = (group, slot)
             load[slot] += 1
+            outstanding[slot] += cost[group]
 
         while pending or in_flight:
-            # Fill queues breadth-first (one call per actor, then a second), so the most
-            # expensive groups spread across actors instead of stacking on the first one.
-            for depth in range(1, _IN_FLIGHT_PER_ACTOR + 1):
-                for slot in range(len(self.actors)):
-                    if pending and load[slot] < depth:
-                        submit(slot)
+            # Largest group first to the least-loaded actor with room. A second call is queued
+            # (hiding the round trip) only on an actor that has the least outstanding work:
+            # queued behind a long group it would wait while another actor ran dry — measured
+            # at K=100, one actor busy 2.1 s and the other 0.8 s of a 2.4 s run.
+            while pending:
+                room = [s for s in range(len(self.actors)) if load[s] < _IN_FLIGHT_PER_ACTOR]
+                if not room:
+                    break
+                slot = min(room, key=lambda s: (outstanding[s], s))
+                if load[slot] and outstanding[slot] > min(outstanding):
+                    break
+                submit(slot)
             done, _ = ray.wait(list(in_flight), num_returns=1)
             group, slot = in_flight.pop(done[0])
             load[slot] -= 1
+            outstanding[slot] -= cost[group]
             try:
                 results[group] = _get(done[0])
             except ray.exceptions.RayActorError as err:
@@ -124,7 +134,7 @@ class WorkerPool:
                 )
                 self._replace(slot, in_flight, pending)
                 pending.insert(0, group)
-                load[slot] = 0
+                load[slot], outstanding[slot] = 0, 0.0
         return results  # type: ignore[return-value]
 
     # -- one group at a time (asynchronous runs) ---------------------------------------------

@@ -37,13 +37,13 @@ from fedray.workloads import Workload
 def make_groups(
     plan: RoundPlan, num_samples: np.ndarray, clients_per_task: int, by_size: bool = False
 ) -> tuple[list[list[Task]], list[float]]:
-    """Cut the accepted clients into fixed-size groups, with a cost per group for scheduling.
+    """Cut the accepted clients into fixed-size groups, each with its work Σ samples × epochs as
+    its scheduling cost.
 
-    Sequential execution cuts them in cohort order; a group then costs its total work
-    Σ samples × epochs. Vectorized execution (``by_size``) first orders them by work, largest
+    Sequential execution cuts them in cohort order. Vectorized execution (``by_size``) first orders them by work, largest
     first (ties in cohort order): a batched block runs as many steps as its longest client, so
     grouping similar clients cuts padded steps (Synthetic(1,1), K=100: ~50k block steps over 20
-    rounds in cohort order, ~25k by size) and a block costs its longest client's work.
+    rounds in cohort order, ~25k by size).
     Either order is a pure function of the round, never of the worker count."""
     index = np.flatnonzero(plan.accepted)
     work = num_samples * plan.local_epochs
@@ -53,7 +53,7 @@ def make_groups(
     for start in range(0, len(index), clients_per_task):
         chunk = index[start : start + clients_per_task]
         groups.append([Task(int(plan.client_ids[i]), int(plan.local_epochs[i])) for i in chunk])
-        costs.append(float(work[chunk].max() if by_size else work[chunk].sum()))
+        costs.append(float(work[chunk].sum()))
     return groups, costs
 
 

@@ -234,7 +234,21 @@ class PartitionConfig(_Model):
         return self
 
 
-class _EcomTaskConfig(_Model):
+class _KnowsNumClients(_Model):
+    """A workload section that needs the run's ``clients.num_clients``; :class:`Config`'s
+    cross-checks hand it over through ``check_num_clients``."""
+
+    _num_clients: int | None = PrivateAttr(default=None)
+
+    @property
+    def num_clients(self) -> int:
+        """clients.num_clients of the run (set by :class:`Config`'s cross-checks)."""
+        if self._num_clients is None:
+            raise RuntimeError("workload config used outside a Config: num_clients is unknown")
+        return self._num_clients
+
+
+class _EcomTaskConfig(_KnowsNumClients):
     """Options shared by the e-commerce text tasks (workloads/ecommerce/)."""
 
     world: EcomWorldConfig = EcomWorldConfig()
@@ -246,7 +260,6 @@ class _EcomTaskConfig(_Model):
     embed_dim: int = Field(default=32, ge=1, le=4096)
     hidden: int = Field(default=64, ge=1, le=4096)
     max_len: int = Field(default=32, ge=2, le=4096)
-    _num_clients: int | None = PrivateAttr(default=None)
 
     @property
     def generated(self) -> bool:
@@ -260,13 +273,6 @@ class _EcomTaskConfig(_Model):
                 "file as source use partition dirichlet, powerlaw or iid"
             )
         return self
-
-    @property
-    def num_clients(self) -> int:
-        """clients.num_clients of the run (set by :class:`Config`'s cross-checks)."""
-        if self._num_clients is None:
-            raise RuntimeError("workload config used outside a Config: num_clients is unknown")
-        return self._num_clients
 
     def check_num_clients(self, num_clients: int) -> None:
         if self.partition.scheme == "natural":
@@ -355,7 +361,7 @@ class EcomKgConfig(_EcomTaskConfig):
         super().check_num_clients(num_clients)
 
 
-class EcomRecConfig(_Model):
+class EcomRecConfig(_KnowsNumClients):
     """Personalised recommendation, one client per user (MF/NCF; HR@10, NDCG@10). Users are
     generated lazily from (seed, user id); user embeddings never leave the client and item
     embeddings travel as row-sparse updates."""
@@ -379,18 +385,10 @@ class EcomRecConfig(_Model):
     fold_in_steps: int = Field(default=5, ge=0, le=1000)
     fold_in_l2: float = Field(default=0.01, gt=0)
     eval_clients: int = Field(default=500, ge=1)
-    _num_clients: int | None = PrivateAttr(default=None)
 
     @property
     def generated(self) -> bool:
         return self.source == "generated"
-
-    @property
-    def num_clients(self) -> int:
-        """clients.num_clients of the run: the number of users (set by :class:`Config`)."""
-        if self._num_clients is None:
-            raise RuntimeError("workload config used outside a Config: num_clients is unknown")
-        return self._num_clients
 
     def check_num_clients(self, num_clients: int) -> None:
         """Generated users: any number (each is drawn from its id). A source file's distinct

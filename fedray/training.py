@@ -60,6 +60,19 @@ def split_like(model: torch.nn.Module, flat: np.ndarray) -> list[torch.Tensor]:
     ]
 
 
+def proximal(
+    grads: list[torch.Tensor],
+    params: list[torch.Tensor],
+    anchor: list[torch.Tensor] | None,
+    mu: float,
+) -> list[torch.Tensor]:
+    """FedProx's gradient ∇h_k = ∇F_k(w) + μ (w − w^t), with ``anchor`` = w^t (the global
+    model on entry); the plain gradients when there is no anchor (μ = 0)."""
+    if anchor is None:
+        return grads
+    return [g.add(p - a, alpha=mu) for g, p, a in zip(grads, params, anchor, strict=True)]
+
+
 def local_sgd(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -92,11 +105,7 @@ def local_sgd(
             loss = F.cross_entropy(model(xb), yb)
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
-                if anchor is not None:
-                    grads = [
-                        g.add(p - a, alpha=mu)
-                        for g, p, a in zip(grads, params, anchor, strict=True)
-                    ]
+                grads = proximal(grads, params, anchor, mu)
                 if correction is not None:
                     grads = [g.add(c) for g, c in zip(grads, correction, strict=True)]
                 torch._foreach_add_(params, grads, alpha=-lr)

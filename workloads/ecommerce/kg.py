@@ -33,7 +33,7 @@ import torch
 
 from fedray import seeding
 from fedray.errors import UserError
-from fedray.training import TrainStats
+from fedray.training import TrainStats, proximal
 from fedray.workloads.base import ClientData, ParameterLayout, Workload
 from fedray.workloads.ecommerce import partition as part
 from fedray.workloads.ecommerce.kg_models import KGEModel, negative_sampling_loss, rank_metrics
@@ -263,11 +263,7 @@ class EcomKG(Workload):
                 )
                 grads = torch.autograd.grad(loss, params)
                 with torch.no_grad():
-                    if anchor is not None:
-                        grads = [
-                            g.add(p - a, alpha=mu)
-                            for g, p, a in zip(grads, params, anchor, strict=True)
-                        ]
+                    grads = proximal(grads, params, anchor, mu)
                     torch._foreach_add_(params, grads, alpha=-lr)
                 losses.append(loss.detach())
         with torch.no_grad():

@@ -40,7 +40,7 @@ from torch import nn
 
 from fedray import seeding
 from fedray.errors import UserError
-from fedray.training import TrainStats
+from fedray.training import TrainStats, proximal
 from fedray.workloads.base import ClientData, ParameterLayout, Workload
 from fedray.workloads.ecommerce.loaders import read_interactions
 from fedray.workloads.ecommerce.rec_data import Catalogue, FileUsers, GeneratedUsers
@@ -226,11 +226,7 @@ class EcomRec(Workload):
                 loss = F.binary_cross_entropy_with_logits(logits, yb)
                 grads = torch.autograd.grad(loss, params)
                 with torch.no_grad():
-                    if anchor is not None:
-                        grads = [
-                            g.add(p - a, alpha=mu)
-                            for g, p, a in zip(grads, params, anchor, strict=True)
-                        ]
+                    grads = proximal(grads, params, anchor, mu)
                     torch._foreach_add_(params[:3], grads[:3], alpha=-lr)
                     if dense:
                         torch._foreach_add_(dense, grads[3:], alpha=-self.cfg.tower_lr)

@@ -35,4 +35,11 @@ def metric_names(cfg) -> tuple[str, ...]:
     return tuple(workload_class(cfg.name).metric_names)
 
 
-__all__ = ["ClientData", "ParameterLayout", "Workload", "make_workload", "metric_names", "workload_class"]
+__all__ = [
+    "ClientData",
+    "ParameterLayout",
+    "Workload",
+    "make_workload",
+    "metric_names",
+    "workload_class",
+]

@@ -250,3 +250,16 @@ def test_a_diverged_client_is_a_one_line_user_error(monkeypatch, ray_session, tm
     with pytest.raises(UserError) as caught:
         kg_run(tmp_path, "diverged", 1, client={"lr": 1e30, "batch_size": 64})
     assert "\n" not in str(caught.value) and "lower client.lr" in str(caught.value)
+
+
+def test_the_data_cache_counts_each_entry_beyond_its_tensor_bytes(monkeypatch):
+    from fedray.execution.worker import CACHE_ENTRY_OVERHEAD
+
+    monkeypatch.setattr(workloads, "make_workload", lambda cfg, seed: ToyRec())
+    cfg = config_from_dict({})
+    worker = ClientWorker(cfg.workload, cfg.client, cfg.compression.uplink, 0, data_cache_mb=1)
+    for client in range(200):  # tiny clients (~50 B of tensors each)
+        worker._data(client)
+    # counted by tensor bytes alone, all 200 would stay; each costs kilobytes of heap in truth
+    assert len(worker._cache) == 2**20 // (CACHE_ENTRY_OVERHEAD + worker._data(199).nbytes)
+    assert worker._cache_bytes <= 2**20

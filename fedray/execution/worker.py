@@ -29,6 +29,16 @@ import numpy as np
 
 from fedray.errors import UserError
 
+# What a cached client costs beyond its tensors' bytes: the tensor and Python objects, and the
+# heap fragmentation of keeping small long-lived objects between training's allocations.
+# Measured with ecom_rec (2 KB of tensors per user): 32 MB of counted cache held 16k users and
+# grew an actor by ~500 MB (~28 KB each); Synthetic's ~100 KB clients barely notice it.
+CACHE_ENTRY_OVERHEAD = 16 * 1024
+
+
+def _cached_size(data) -> int:
+    return data.nbytes + CACHE_ENTRY_OVERHEAD
+
 
 @dataclass(frozen=True)
 class Task:
@@ -124,13 +134,13 @@ class ClientWorker:
             self._cache.move_to_end(client_id)
             return data
         data = self.workload.client_data(client_id)
-        size = data.nbytes
+        size = _cached_size(data)
         if size <= self._cache_budget:
             self._cache[client_id] = data
             self._cache_bytes += size
             while self._cache_bytes > self._cache_budget:
                 _, evicted = self._cache.popitem(last=False)
-                self._cache_bytes -= evicted.nbytes
+                self._cache_bytes -= _cached_size(evicted)
         return data
 
     # ------------------------------------------------------------------ training

@@ -40,11 +40,11 @@ def make_groups(
     """Cut the accepted clients into fixed-size groups, each with its work Σ samples × epochs as
     its scheduling cost.
 
-    Sequential execution cuts them in cohort order. Vectorized execution (``by_size``) first orders them by work, largest
-    first (ties in cohort order): a batched block runs as many steps as its longest client, so
-    grouping similar clients cuts padded steps (Synthetic(1,1), K=100: ~50k block steps over 20
-    rounds in cohort order, ~25k by size).
-    Either order is a pure function of the round, never of the worker count."""
+    Sequential execution cuts them in cohort order. Vectorized execution (``by_size``) first
+    orders them by work, largest first (ties in cohort order): a batched block runs as many steps
+    as its longest client, so grouping similar clients cuts padded steps (Synthetic(1,1), K=100:
+    ~50k block steps over 20 rounds in cohort order, ~25k by size). Either order is a pure
+    function of the round, never of the worker count."""
     index = np.flatnonzero(plan.accepted)
     work = num_samples * plan.local_epochs
     if by_size:

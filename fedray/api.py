@@ -108,10 +108,12 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
 
     from fedray.clients.profiles import ProfileModel
     from fedray.execution.batched import resolve_mode
+    from fedray.execution.layout import FlatLayout
     from fedray.execution.pool import WorkerPool, default_num_workers
     from fedray.progress import RoundProgress
     from fedray.results.tensorboard import TensorBoardSink
     from fedray.sim.async_driver import AsyncDriver
+    from fedray.sim.driver import check_layout_support
     from fedray.sim.evaluation import Evaluator
     from fedray.sim.sync_driver import SyncDriver
     from fedray.workloads import make_workload, metric_names
@@ -153,6 +155,9 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
         # so the actors load it instead of each building it at once; bad input fails here too.
         workload = make_workload(cfg.workload, cfg.seed)
         resolve_mode(cfg.execution.vectorize, workload)  # a one-line error if forced on in vain
+        # ...and so is a strategy or codec the workload's parameter layout cannot take
+        model = workload.build_model()
+        check_layout_support(cfg, workload, FlatLayout.of(model, workload.parameter_layout()))
         pool = WorkerPool(
             num_workers,
             cpus_per_worker=cfg.execution.cpus_per_worker,

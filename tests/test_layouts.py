@@ -237,7 +237,7 @@ def test_a_diverged_client_is_a_one_line_user_error(monkeypatch, ray_session, tm
     class Diverging(ToyRec):
         def local_train(self, model, data, **kwargs):
             with torch.no_grad():
-                model.item.weight[data.x_train] = float("nan")
+                model.user[0] = float("nan")  # a private parameter: never uploaded, still caught
             return TrainStats(float("nan"), 1)
 
     cfg = config_from_dict({})

@@ -300,7 +300,7 @@ class ClientWorker:
             else:
                 index = flat.upload_index(done.rows)
                 segments = flat.upload_segments(0 if done.rows is None else len(done.rows))
-                update = self._compact(done.update, index, task.client_id)
+                update = self._compact(done.update, index, task.client_id, done.private)
             payload, residual = encode_with_feedback(
                 self.codec, update, segments, codec_rng, residuals.get(task.client_id)
             )
@@ -357,10 +357,13 @@ class ClientWorker:
             row_ids,
         )
 
-    def _compact(self, update: np.ndarray, index: np.ndarray, client_id: int) -> np.ndarray:
+    def _compact(
+        self, update: np.ndarray, index: np.ndarray, client_id: int, private: np.ndarray | None
+    ) -> np.ndarray:
         """The coordinates a client uploads; anything else its training changed is a workload
         bug (a row outside ``client_rows`` would silently never reach the server)."""
-        if not np.all(np.isfinite(update)):
+        finite = np.all(np.isfinite(update)) and (private is None or np.all(np.isfinite(private)))
+        if not finite:
             raise UserError(
                 f"workload {self.workload.name}: local training of client {client_id} diverged "
                 "(NaN or inf parameters); lower client.lr"

@@ -177,6 +177,7 @@ def _plot(table, plots: PlotSpec, out: Path, target: float | None = None) -> Non
 
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     if plots.y not in table.columns:
         raise UserError(f"study plots.y {plots.y!r} is not a rounds.parquet column")
@@ -191,6 +192,11 @@ def _plot(table, plots: PlotSpec, out: Path, target: float | None = None) -> Non
             ax.axhline(target, color="grey", linestyle=":", linewidth=1, label="target")
         if x.startswith("cum_bytes"):
             ax.set_xscale("log")
+            # Plain numbers at 1-2-5 steps, and no minor-tick labels: over about a decade
+            # matplotlib labels the minor ticks too, and "3×10⁰" and "4×10⁰" ran together.
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel(plots.y)
         ax.grid(alpha=0.3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -65,3 +67,17 @@ def test_bad_study_files(tmp_path, variants, extra, message):
     study = write_study(tmp_path, variants, **extra)
     with pytest.raises(ConfigError, match=message):
         run_study(study, root=tmp_path / "res", progress=False)  # validates before running
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "configs" / "studies").glob("*.yaml")),
+    ids=lambda p: p.stem,
+)
+def test_every_shipped_study_and_its_variants_validate(path):
+    from fedray.config import load_config
+    from fedray.study import load_study
+
+    spec = load_study(path)
+    for overrides in spec.variants.values():
+        load_config(spec.base, list(overrides.items()))

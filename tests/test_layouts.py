@@ -150,6 +150,24 @@ def test_worker_uploads_only_its_rows_and_keeps_private_parameters(monkeypatch, 
     assert raw.tolist() == [4 + 2 * 4 + 1 + 4 * (2 * DIM + 4)] * 2
 
 
+def test_row_downloads_carry_ids_rows_and_shared_parameters_only():
+    class RowDownloads(ToyRec):
+        def parameter_layout(self):
+            return ParameterLayout(("user",), ("item.weight",), download_rows=True)
+
+    segments = tuple(p.numel() for p in ToyModel().parameters())
+    for codec, value_bytes in (("none", 4), ("fp16", 2)):
+        cfg = config_from_dict({"compression": {"downlink": codec}})
+        dense = Links(cfg, segments, FlatLayout.of(ToyModel(), ToyRec().parameter_layout()))
+        assert dense.download_bytes(np.array([2, 5]), 2, 999)[0].tolist() == [999, 999]
+        flat = FlatLayout.of(ToyModel(), RowDownloads().parameter_layout())
+        down, raw = Links(cfg, segments, flat).download_bytes(np.array([2, 5]), 2, 999)
+        # header + row count + ids + (rows × 3 + head 4) values
+        expected = [1 + 4 + 4 * r + value_bytes * (DIM * r + 4) for r in (2, 5)]
+        assert down.tolist() == expected
+        assert raw.tolist() == [1 + 4 + 4 * r + 4 * (DIM * r + 4) for r in (2, 5)]
+
+
 def test_training_outside_client_rows_is_caught(monkeypatch):
     worker = toy_worker(monkeypatch, leaky=True)
     with pytest.raises(RuntimeError, match="outside its client_rows"):
@@ -182,10 +200,8 @@ def test_fedbuff_buffer_averages_rows_over_their_senders():
     assert buffer.coverage is None  # drained
 
 
-def kg_run(tmp_path, name: str, workers: int, **overrides):
-    import fedray
-
-    raw = {
+def kg_base(tmp_path) -> dict:
+    return {
         "seed": 3,
         "rounds": 6,
         "clients_per_round": 4,
@@ -198,10 +214,16 @@ def kg_run(tmp_path, name: str, workers: int, **overrides):
         "clients": {"num_clients": 20},
         "client": {"lr": 10.0, "batch_size": 64, "local_epochs": 1},
         "compression": {"uplink": "int8"},
-        "execution": {"num_workers": workers, "clients_per_task": 3},
-        "output": {"root": str(tmp_path / "results"), "name": name},
-        **overrides,
+        "execution": {"clients_per_task": 3},
     }
+
+
+def kg_run(tmp_path, name: str, workers: int, **overrides):
+    import fedray
+
+    raw = kg_base(tmp_path)
+    raw["execution"]["num_workers"] = workers
+    raw.update(output={"root": str(tmp_path / "results"), "name": name}, **overrides)
     return fedray.run(config_from_dict(raw), progress=False)
 
 
@@ -224,9 +246,14 @@ def test_row_sparse_runs_give_the_same_tables_for_any_number_of_workers(
     cols = [c for c in one.rounds.columns if c != "wall_time_s"]
     pd.testing.assert_frame_equal(one.rounds[cols], two.rounds[cols], check_exact=True)
     pd.testing.assert_frame_equal(one.clients, two.clients, check_exact=True)
-    # uploads are row-sparse: their sizes differ between clients
+    # uploads and (FedE) downloads are row-sparse: their sizes differ between clients, and a
+    # download is far smaller than the whole model's entity table
     arrived = one.clients[one.clients["bytes_up"] > 0]
     assert arrived["bytes_up"].nunique() > 1
+    assert one.clients["bytes_down"].nunique() > 1
+    task = workloads.make_workload(config_from_dict(kg_base(tmp_path)).workload, 3)
+    entity_table = task.build_model().entity.weight.numel() * 4
+    assert one.clients["bytes_down"].max() < entity_table / 2
     if mode.get("strategy") is None:  # six FedAsync mixes of single shops are too few to learn
         assert one.rounds["eval_mrr"].iloc[-1] > one.rounds["eval_mrr"].iloc[0]
 
@@ -263,3 +290,10 @@ def test_the_data_cache_counts_each_entry_beyond_its_tensor_bytes(monkeypatch):
     # counted by tensor bytes alone, all 200 would stay; each costs kilobytes of heap in truth
     assert len(worker._cache) == 2**20 // (CACHE_ENTRY_OVERHEAD + worker._data(199).nbytes)
     assert worker._cache_bytes <= 2**20
+
+
+def test_row_downloads_refuse_a_tensor_scaled_downlink(ray_session, tmp_path):
+    from fedray.errors import UserError
+
+    with pytest.raises(UserError, match="downlink codec int8 scales whole tensors"):
+        kg_run(tmp_path, "int8", 1, compression={"uplink": "none", "downlink": "int8"})

@@ -32,10 +32,14 @@ class ParameterLayout:
       over the clients that sent it (FedE's per-entity aggregation, Chen et al. 2021, "FedE:
       Embedding Knowledge Graphs in Federated Setting", §3.2), so a rarely seen row is not
       shrunk towards zero by the clients that never touched it.
+    * ``download_rows``: a client also *downloads* only its rows (and the shared parameters), as
+      FedE's server sends each client the embeddings of its own entities. Off for a recommender,
+      whose device ranks the whole catalogue and so downloads every item row.
     """
 
     private: tuple[str, ...] = ()
     row_tables: tuple[str, ...] = ()
+    download_rows: bool = False
 
     @property
     def dense(self) -> bool:

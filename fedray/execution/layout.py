@@ -17,7 +17,8 @@ row-major, in the client's sorted row order) through the uplink codec, whose seg
     uint32 r (little-endian) | r × uint32 row id | codec payload of the compact vector
 
 so the byte count charged is the real length of the ids plus the values. A dense layout (no
-private parameters, no tables) reduces to the plain codec payload of the whole vector.
+private parameters, no tables) reduces to the plain codec payload of the whole vector. With
+``download_rows`` a client's download has the same form, through the downlink codec.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class FlatLayout:
     shared_segments: tuple[int, ...]  # their tensor sizes, model order
     tables: tuple[Table, ...]
     num_rows: int  # rows of every table (0 without tables)
+    download_rows: bool = False  # a client downloads only its rows (FedE), not the whole model
 
     @classmethod
     def of(cls, model, layout) -> FlatLayout:
@@ -87,6 +89,7 @@ class FlatLayout:
             shared_segments=tuple(offsets[k][1] for k in shared),
             tables=tuple(tables),
             num_rows=rows.pop() if rows else 0,
+            download_rows=bool(layout.download_rows and tables),
         )
 
     @property

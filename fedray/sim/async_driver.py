@@ -145,6 +145,9 @@ class AsyncDriver(Driver):
             num_train_samples=workload.num_train_samples,
             local_epochs=cfg.client.local_epochs,
             upload_bytes=lambda ids: self.links.upload_bytes(self.num_client_rows(ids), len(ids)),
+            download_bytes=lambda ids, model_bytes: self.links.download_bytes(
+                self.num_client_rows(ids), len(ids), model_bytes
+            ),
         )
 
         self._events: list[tuple[float, int]] = []  # (finish_s, seq) heap
@@ -245,9 +248,7 @@ class AsyncDriver(Driver):
         window = self._window
         window.dispatched += 1
         window.bytes_down += task.plan.bytes_down
-        window.bytes_down_raw += int(
-            round(task.plan.bytes_down * self.links.raw_bytes / version.payload_bytes)
-        )
+        window.bytes_down_raw += task.plan.bytes_down_raw
         if not task.plan.dropped:  # compute for clients that will drop out is never spent
             self._pending.append(task)
             if len(self._pending) >= self.cfg.execution.clients_per_task:

@@ -40,6 +40,7 @@ class DispatchPlan:
     bytes_down: int
     bytes_up: int  # the update's payload, charged if it arrives
     bytes_up_raw: int  # the same update uncompressed
+    bytes_down_raw: int  # what crossed the downlink (``bytes_down``), counted uncompressed
 
 
 class DispatchPlanner:
@@ -52,6 +53,7 @@ class DispatchPlanner:
         num_train_samples,
         local_epochs: int,
         upload_bytes: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        download_bytes: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
         block: int = 256,
         candidates: int = 4,
     ):
@@ -61,6 +63,8 @@ class DispatchPlanner:
         self.local_epochs = local_epochs
         # client ids -> (payload bytes, uncompressed bytes) of their uploads
         self.upload_bytes = upload_bytes
+        # (client ids, broadcast bytes) -> (bytes, uncompressed bytes) of their downloads
+        self.download_bytes = download_bytes
         self.block, self.width = block, candidates
         self._cached: tuple | None = None  # (block index, model bytes, candidates, online, plan)
 
@@ -93,6 +97,7 @@ class DispatchPlanner:
         # With "wait" and room for everyone, each client's plan is independent of the others.
         num_samples = self.num_train_samples(ids)
         update_bytes, raw_bytes = self.upload_bytes(ids)
+        down_bytes, down_raw = self.download_bytes(ids, model_bytes)
         plan = plan_round(
             seed=self.seed,
             round_=seqs,
@@ -100,13 +105,13 @@ class DispatchPlanner:
             profiles=self.profiles.lookup(ids),
             num_samples=num_samples,
             local_epochs=self.local_epochs,
-            model_bytes=model_bytes,
+            model_bytes=down_bytes,
             update_bytes=update_bytes,
             clients_per_round=len(ids),
             deadline_s=None,
             policy="wait",
         )
-        return plan, num_samples, update_bytes, raw_bytes
+        return plan, num_samples, update_bytes, raw_bytes, down_raw / down_bytes
 
     def _draw_further(self, seq: int, busy: set[int]) -> int:
         seqs = np.array([seq])
@@ -123,7 +128,7 @@ class DispatchPlanner:
 
 
 def _extract(planned: tuple, i: int) -> DispatchPlan:
-    plan, num_samples, update_bytes, raw_bytes = planned
+    plan, num_samples, update_bytes, raw_bytes, raw_per_byte_down = planned
     return DispatchPlan(
         client_id=int(plan.client_ids[i]),
         dropped=plan.status[i] == DROPPED,
@@ -136,4 +141,5 @@ def _extract(planned: tuple, i: int) -> DispatchPlan:
         bytes_down=int(plan.bytes_down[i]),
         bytes_up=int(update_bytes[i]),
         bytes_up_raw=int(raw_bytes[i]),
+        bytes_down_raw=int(round(plan.bytes_down[i] * raw_per_byte_down[i])),
     )

@@ -115,6 +115,11 @@ class Driver:
         close_residual_store(self.residuals, self.state_dir)
 
 
+# Downlink codecs whose decoded value of a coordinate does not depend on the others: a client
+# that downloads only its rows then starts from exactly the values of the full broadcast.
+ELEMENTWISE_DOWNLINKS = ("none", "fp16", "bf16")
+
+
 def check_layout_support(cfg: Config, workload: Workload, flat: FlatLayout) -> None:
     """What a workload with private parameters or row-sparse tables cannot be combined with."""
     if flat.dense:
@@ -123,6 +128,12 @@ def check_layout_support(cfg: Config, workload: Workload, flat: FlatLayout) -> N
         raise UserError(
             f"scaffold's control variates assume a dense model; workload {workload.name} has "
             "private parameters or row-sparse tables — choose another strategy"
+        )
+    downlink = cfg.compression.downlink.name
+    if flat.download_rows and downlink not in ELEMENTWISE_DOWNLINKS:
+        raise UserError(
+            f"workload {workload.name} sends each client only its rows, but downlink codec "
+            f"{downlink} scales whole tensors; use compression.downlink none, fp16 or bf16"
         )
     uplink = make_codec(cfg.compression.uplink)
     if flat.tables and uplink.uses_error_feedback:

@@ -29,6 +29,7 @@ class Links:
         self.downlink = make_codec(cfg.compression.downlink)
         self._raw = make_codec("none")
         self._sizes: dict[int, tuple[int, int]] = {}  # rows -> (uplink bytes, raw bytes)
+        self._down_sizes: dict[int, tuple[int, int]] = {}  # rows -> (downlink bytes, raw bytes)
         # The downlink always carries the whole model; uploads follow the layout.
         zeros = np.zeros(flat.size, dtype=np.float32)
         self.raw_bytes = len(self._raw.encode(zeros, segments, None))
@@ -44,6 +45,28 @@ class Links:
             coded = self.uplink.encode(zeros, segments, seeding.generator(0, "size"))
             raw = self._raw.encode(zeros, segments, None)
             sizes = self._sizes[num_rows] = (ids + len(coded), ids + len(raw))
+        return sizes
+
+    def download_bytes(
+        self, num_rows: np.ndarray | None, n: int, model_bytes: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per client: (downlink bytes, uncompressed bytes) of what ``n`` clients download — the
+        broadcast model (``model_bytes`` long), or under ``download_rows`` their own rows and
+        the shared parameters, with row ids, like an upload."""
+        if not self.flat.download_rows:
+            return np.full(n, model_bytes, np.int64), np.full(n, self.raw_bytes, np.int64)
+        pairs = np.array([self._down_size(int(r)) for r in num_rows], np.int64).reshape(-1, 2)
+        return pairs[:, 0], pairs[:, 1]
+
+    def _down_size(self, num_rows: int) -> tuple[int, int]:
+        sizes = self._down_sizes.get(num_rows)
+        if sizes is None:
+            zeros = np.zeros(self.flat.upload_length(num_rows), dtype=np.float32)
+            segments = self.flat.upload_segments(num_rows)
+            ids = ROW_COUNT_BYTES + ROW_ID_BYTES * num_rows
+            coded = self.downlink.encode(zeros, segments, None)
+            raw = self._raw.encode(zeros, segments, None)
+            sizes = self._down_sizes[num_rows] = (ids + len(coded), ids + len(raw))
         return sizes
 
     def upload_bytes(self, num_rows: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:

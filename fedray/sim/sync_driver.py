@@ -123,15 +123,17 @@ class SyncDriver(Driver):
             profiles=self.profiles,
         )
         num_samples = self.workload.num_train_samples(cohort)
-        upload_bytes, upload_raw = self.links.upload_bytes(
-            self.num_client_rows(cohort), len(cohort)
-        )
+        rows = self.num_client_rows(cohort)
+        upload_bytes, upload_raw = self.links.upload_bytes(rows, len(cohort))
         start_params, model_bytes = self.links.broadcast(state.server.params, round_)
         if self.controls is not None:  # c goes down the same (deterministic) downlink codec
             start_control, control_bytes = self.links.broadcast(
                 state.server.control.astype(np.float32), round_
             )
             model_bytes += control_bytes
+        download_bytes, download_raw = self.links.download_bytes(rows, len(cohort), model_bytes)
+        if self.controls is not None:
+            download_raw = download_raw * self.payloads
         plan = plan_round(
             seed=cfg.seed,
             round_=round_,
@@ -139,7 +141,7 @@ class SyncDriver(Driver):
             profiles=self.profiles.lookup(cohort),
             num_samples=num_samples,
             local_epochs=cfg.client.local_epochs,
-            model_bytes=model_bytes,
+            model_bytes=download_bytes,
             update_bytes=upload_bytes * self.payloads,
             clients_per_round=cfg.clients_per_round,
             deadline_s=cfg.deadline_s,
@@ -231,8 +233,7 @@ class SyncDriver(Driver):
         state.round = round_
         bytes_up, bytes_down = int(plan.bytes_up.sum()), int(plan.bytes_down.sum())
         bytes_up_raw = int(upload_raw[plan.accepted].sum()) * self.payloads
-        raw_bytes = self.links.raw_bytes * self.payloads
-        bytes_down_raw = int(np.round(plan.bytes_down * (raw_bytes / model_bytes)).sum())
+        bytes_down_raw = int(np.round(plan.bytes_down * (download_raw / download_bytes)).sum())
         state.cum_bytes_up += bytes_up
         state.cum_bytes_down += bytes_down
 

@@ -213,7 +213,9 @@ class EcomKG(Workload):
 
     def parameter_layout(self) -> ParameterLayout:
         # FedE: entities federated row by row, relations kept by each client
-        return ParameterLayout(private=("relation.weight",), row_tables=("entity.weight",))
+        return ParameterLayout(
+            private=("relation.weight",), row_tables=("entity.weight",), download_rows=True
+        )
 
     def client_rows(self, client_id: int, data: ClientData) -> np.ndarray:
         return np.unique(data.x_train[:, [0, 2]].numpy()).astype(np.int64)

@@ -361,6 +361,9 @@ class EcomKgConfig(_EcomTaskConfig):
         super().check_num_clients(num_clients)
 
 
+_REC_UNUSED_WORLD_KEYS = {"num_users", "interactions_per_user", "utterances_per_platform"}
+
+
 class EcomRecConfig(_KnowsNumClients):
     """Personalised recommendation, one client per user (MF/NCF; HR@10, NDCG@10). Users are
     generated lazily from (seed, user id); user embeddings never leave the client and item
@@ -389,6 +392,18 @@ class EcomRecConfig(_KnowsNumClients):
     @property
     def generated(self) -> bool:
         return self.source == "generated"
+
+    @model_validator(mode="after")
+    def _world_keys_it_uses(self):
+        # The world's own users, interactions and utterances play no part here; setting them
+        # would silently change nothing.
+        unused = sorted(self.world.model_fields_set & _REC_UNUSED_WORLD_KEYS)
+        if unused:
+            raise ValueError(
+                f"ecom_rec draws its own users, so workload.world.{unused[0]} has no effect; "
+                "remove it (use clients.num_clients and workload.interactions_per_user)"
+            )
+        return self
 
     def check_num_clients(self, num_clients: int) -> None:
         """Generated users: any number (each is drawn from its id). A source file's distinct

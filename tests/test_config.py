@@ -140,3 +140,11 @@ def test_unreachable_address_fails_fast_and_leaves_nothing(tmp_path, address, ex
     assert proc.returncode == 2 and expected in proc.stderr
     assert proc.stderr.count("\n") == 1
     assert not (tmp_path / "res").exists()
+
+
+def test_ecom_rec_refuses_world_keys_it_does_not_use():
+    with pytest.raises(ConfigError, match="world.num_users has no effect"):
+        config_from_dict({"workload": {"name": "ecom_rec", "world": {"num_users": 5}}})
+    # the catalogue keys are its own
+    cfg = config_from_dict({"workload": {"name": "ecom_rec", "world": {"num_products": 300}}})
+    assert cfg.workload.world.num_products == 300

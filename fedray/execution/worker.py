@@ -117,6 +117,8 @@ class ClientWorker:
         self.model = self.workload.build_model()
         self.segments = tuple(p.numel() for p in self.model.parameters())
         self.flat = FlatLayout.of(self.model, self.workload.parameter_layout())
+        self._private = np.zeros(self.flat.size, dtype=bool)  # coordinates never uploaded
+        self._private[self.flat.private_index] = True
         # Batched training handles dense models only (resolve_mode says why when forced on).
         dense = self.flat.dense or vectorize == "on"
         self.vectorized = dense and batched.resolve_mode(vectorize, self.workload, self.model)
@@ -368,9 +370,8 @@ class ClientWorker:
                 f"workload {self.workload.name}: local training of client {client_id} diverged "
                 "(NaN or inf parameters); lower client.lr"
             )
-        outside = np.ones(update.size, dtype=bool)
+        outside = ~self._private
         outside[index] = False
-        outside[self.flat.private_index] = False
         if np.any(update[outside] != 0):
             changed = int(np.count_nonzero(update[outside]))
             raise RuntimeError(

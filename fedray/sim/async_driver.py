@@ -144,8 +144,7 @@ class AsyncDriver(Driver):
             profiles=self.profiles,
             num_train_samples=workload.num_train_samples,
             local_epochs=cfg.client.local_epochs,
-            upload_bytes=lambda ids: self.links.upload_bytes(self.num_client_rows(ids), len(ids)),
-            download_bytes=lambda ids, model_bytes: self.links.download_bytes(
+            transfer_bytes=lambda ids, model_bytes: self.links.transfer_bytes(
                 self.num_client_rows(ids), len(ids), model_bytes
             ),
         )

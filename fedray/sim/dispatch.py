@@ -52,8 +52,7 @@ class DispatchPlanner:
         profiles: ProfileModel,
         num_train_samples,
         local_epochs: int,
-        upload_bytes: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-        download_bytes: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+        transfer_bytes: Callable[[np.ndarray, int], tuple[np.ndarray, ...]],
         block: int = 256,
         candidates: int = 4,
     ):
@@ -61,10 +60,9 @@ class DispatchPlanner:
         self.profiles = profiles
         self.num_train_samples = num_train_samples
         self.local_epochs = local_epochs
-        # client ids -> (payload bytes, uncompressed bytes) of their uploads
-        self.upload_bytes = upload_bytes
-        # (client ids, broadcast bytes) -> (bytes, uncompressed bytes) of their downloads
-        self.download_bytes = download_bytes
+        # (client ids, broadcast bytes) -> per client: upload bytes, uncompressed upload bytes,
+        # download bytes, uncompressed download bytes (Links.transfer_bytes)
+        self.transfer_bytes = transfer_bytes
         self.block, self.width = block, candidates
         self._cached: tuple | None = None  # (block index, model bytes, candidates, online, plan)
 
@@ -96,8 +94,7 @@ class DispatchPlanner:
     def _plan(self, ids: np.ndarray, seqs: np.ndarray, model_bytes: int):
         # With "wait" and room for everyone, each client's plan is independent of the others.
         num_samples = self.num_train_samples(ids)
-        update_bytes, raw_bytes = self.upload_bytes(ids)
-        down_bytes, down_raw = self.download_bytes(ids, model_bytes)
+        update_bytes, raw_bytes, down_bytes, down_raw = self.transfer_bytes(ids, model_bytes)
         plan = plan_round(
             seed=self.seed,
             round_=seqs,

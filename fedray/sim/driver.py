@@ -75,8 +75,8 @@ class Driver:
         self.state = DriverState(server=self.strategy.init(params))
         model = workload.build_model()
         segments = tuple(p.numel() for p in model.parameters())
+        # (fedray.api has already refused what the layout cannot take, before the pool started)
         self.flat = FlatLayout.of(model, workload.parameter_layout())
-        check_layout_support(cfg, workload, self.flat)
         self.links = Links(cfg, segments, self.flat)
         self.state_dir = state_dir
         self.residuals = self.links.residual_store(cfg.execution.client_state_mb, state_dir)

@@ -28,46 +28,31 @@ class Links:
         self.uplink = make_codec(cfg.compression.uplink)
         self.downlink = make_codec(cfg.compression.downlink)
         self._raw = make_codec("none")
-        self._sizes: dict[int, tuple[int, int]] = {}  # rows -> (uplink bytes, raw bytes)
-        self._down_sizes: dict[int, tuple[int, int]] = {}  # rows -> (downlink bytes, raw bytes)
+        # (id of the uplink or downlink codec, rows) -> (coded bytes, uncompressed bytes); by id,
+        # since both links may use one codec name with different options
+        self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
         # The downlink always carries the whole model; uploads follow the layout.
         zeros = np.zeros(flat.size, dtype=np.float32)
         self.raw_bytes = len(self._raw.encode(zeros, segments, None))
-        self.update_bytes, self.update_raw_bytes = self._size(0)
+        self.update_bytes, self.update_raw_bytes = self._size(self.uplink, 0)
 
-    def _size(self, num_rows: int) -> tuple[int, int]:
-        """(uplink, uncompressed) bytes of an upload carrying ``num_rows`` rows."""
-        sizes = self._sizes.get(num_rows)
+    def _size(self, codec, num_rows: int) -> tuple[int, int]:
+        """(coded, uncompressed) bytes of a payload in the upload format
+        (:mod:`fedray.execution.layout`) carrying ``num_rows`` rows through ``codec``."""
+        key = (id(codec), num_rows)
+        sizes = self._sizes.get(key)
         if sizes is None:
             zeros = np.zeros(self.flat.upload_length(num_rows), dtype=np.float32)
             segments = self.flat.upload_segments(num_rows)
             ids = ROW_COUNT_BYTES + ROW_ID_BYTES * num_rows if self.flat.tables else 0
-            coded = self.uplink.encode(zeros, segments, seeding.generator(0, "size"))
+            coded = codec.encode(zeros, segments, seeding.generator(0, "size"))
             raw = self._raw.encode(zeros, segments, None)
-            sizes = self._sizes[num_rows] = (ids + len(coded), ids + len(raw))
+            sizes = self._sizes[key] = (ids + len(coded), ids + len(raw))
         return sizes
 
-    def download_bytes(
-        self, num_rows: np.ndarray | None, n: int, model_bytes: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per client: (downlink bytes, uncompressed bytes) of what ``n`` clients download — the
-        broadcast model (``model_bytes`` long), or under ``download_rows`` their own rows and
-        the shared parameters, with row ids, like an upload."""
-        if not self.flat.download_rows:
-            return np.full(n, model_bytes, np.int64), np.full(n, self.raw_bytes, np.int64)
-        pairs = np.array([self._down_size(int(r)) for r in num_rows], np.int64).reshape(-1, 2)
+    def _sizes_of(self, codec, num_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pairs = np.array([self._size(codec, int(r)) for r in num_rows], np.int64).reshape(-1, 2)
         return pairs[:, 0], pairs[:, 1]
-
-    def _down_size(self, num_rows: int) -> tuple[int, int]:
-        sizes = self._down_sizes.get(num_rows)
-        if sizes is None:
-            zeros = np.zeros(self.flat.upload_length(num_rows), dtype=np.float32)
-            segments = self.flat.upload_segments(num_rows)
-            ids = ROW_COUNT_BYTES + ROW_ID_BYTES * num_rows
-            coded = self.downlink.encode(zeros, segments, None)
-            raw = self._raw.encode(zeros, segments, None)
-            sizes = self._down_sizes[num_rows] = (ids + len(coded), ids + len(raw))
-        return sizes
 
     def upload_bytes(self, num_rows: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Per client: (uplink bytes, uncompressed bytes) of the uploads of ``n`` clients that
@@ -77,8 +62,23 @@ class Links:
                 np.full(n, self.update_bytes, np.int64),
                 np.full(n, self.update_raw_bytes, np.int64),
             )
-        pairs = np.array([self._size(int(r)) for r in num_rows], dtype=np.int64).reshape(-1, 2)
-        return pairs[:, 0], pairs[:, 1]
+        return self._sizes_of(self.uplink, num_rows)
+
+    def download_bytes(
+        self, num_rows: np.ndarray | None, n: int, model_bytes: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per client: (downlink bytes, uncompressed bytes) of what ``n`` clients download — the
+        broadcast model (``model_bytes`` long), or under ``download_rows`` their own rows and
+        the shared parameters, with row ids, like an upload."""
+        if not self.flat.download_rows:
+            return np.full(n, model_bytes, np.int64), np.full(n, self.raw_bytes, np.int64)
+        return self._sizes_of(self.downlink, num_rows)
+
+    def transfer_bytes(
+        self, num_rows: np.ndarray | None, n: int, model_bytes: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`upload_bytes` then :meth:`download_bytes`, from one row count per client."""
+        return (*self.upload_bytes(num_rows, n), *self.download_bytes(num_rows, n, model_bytes))
 
     def broadcast(self, params: np.ndarray, key: int) -> tuple[np.ndarray, int]:
         """The model clients start from (as decoded from the downlink payload) and the payload's

@@ -123,15 +123,15 @@ class SyncDriver(Driver):
             profiles=self.profiles,
         )
         num_samples = self.workload.num_train_samples(cohort)
-        rows = self.num_client_rows(cohort)
-        upload_bytes, upload_raw = self.links.upload_bytes(rows, len(cohort))
         start_params, model_bytes = self.links.broadcast(state.server.params, round_)
         if self.controls is not None:  # c goes down the same (deterministic) downlink codec
             start_control, control_bytes = self.links.broadcast(
                 state.server.control.astype(np.float32), round_
             )
             model_bytes += control_bytes
-        download_bytes, download_raw = self.links.download_bytes(rows, len(cohort), model_bytes)
+        upload_bytes, upload_raw, download_bytes, download_raw = self.links.transfer_bytes(
+            self.num_client_rows(cohort), len(cohort), model_bytes
+        )
         if self.controls is not None:
             download_raw = download_raw * self.payloads
         plan = plan_round(

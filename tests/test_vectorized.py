@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from torch import nn
 
 import fedray
 from fedray.config import ClientTrainingConfig, CodecConfig, config_from_dict
 from fedray.errors import ConfigError, UserError
+from fedray.execution import batched
 from fedray.execution.batched import dense_shapes, resolve_mode
 from fedray.execution.worker import ClientWorker, Task
 from fedray.results.schema import NONDETERMINISTIC_COLUMNS
@@ -84,6 +86,65 @@ def test_a_vectorized_group_equals_client_by_client_training(model, codec, mu):
         np.testing.assert_allclose(vec.residuals[cid], seq.residuals[cid], atol=1e-4)
     weighted = (rows.updates.astype(np.float64) * sizes[:, None]).sum(0)
     np.testing.assert_allclose(weighted, vec.update_sum, rtol=1e-6, atol=1e-6)
+
+
+def _torch_sgd(x, y, start, *, seed, epochs, lr, batch_size):
+    """Reference: one client's minibatch SGD in torch, batches in _schedule's shuffled order."""
+    model = nn.Linear(x.shape[1], 10)
+    with torch.no_grad():
+        model.weight.copy_(torch.from_numpy(start[:-10].reshape(10, -1)))
+        model.bias.copy_(torch.from_numpy(start[-10:]))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(len(y))
+        for at in range(0, len(y), batch_size):
+            batch = order[at : at + batch_size]
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(
+                model(torch.from_numpy(x[batch])), torch.from_numpy(y[batch])
+            )
+            loss.backward()
+            opt.step()
+    return np.concatenate([model.weight.detach().numpy().ravel(), model.bias.detach().numpy()])
+
+
+@pytest.mark.parametrize("logit_scale", [1.0, 300.0])
+def test_a_block_whose_logits_overflow_without_the_shift_is_retrained_with_it(
+    monkeypatch, logit_scale
+):
+    # Prepare: three clients of different sizes; at scale 300 the logits reach ~1e3, where
+    # exp() overflows float32 and the optimistic unshifted softmax must give way to the shift.
+    rng = np.random.default_rng(0)
+    data = [
+        (rng.normal(0, logit_scale, (n, 6)).astype(np.float32), rng.integers(0, 10, n))
+        for n in (23, 9, 40)
+    ]
+    start = rng.normal(0, 1, 70).astype(np.float32)
+    passes = []
+    real_sgd = batched._sgd
+
+    def counting_sgd(*args, stable):
+        passes.append(stable)
+        return real_sgd(*args, stable=stable)
+
+    monkeypatch.setattr(batched, "_sgd", counting_sgd)
+    lr = 1e-4 / logit_scale
+    jobs = [
+        batched.ClientJob(x, y, 2, np.random.default_rng(7 + i), start)
+        for i, (x, y) in enumerate(data)
+    ]
+
+    # Execute
+    block = batched.train_block([(10, 6)], jobs, lr=lr, batch_size=5)
+
+    # Assert: one pass when the logits stay in range, a second (stable) one when they do not;
+    # either way each client's model is what torch's own SGD computes.
+    assert passes == ([False] if logit_scale == 1.0 else [False, True])
+    for i, (x, y) in enumerate(data):
+        expected = _torch_sgd(x, y, start, seed=7 + i, epochs=2, lr=lr, batch_size=5)
+        assert np.all(np.isfinite(block.params[i]))
+        np.testing.assert_allclose(block.params[i], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_vectorize_can_be_forced_and_fails_in_one_line_where_unsupported():

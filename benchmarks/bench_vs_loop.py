@@ -415,7 +415,8 @@ def bench_one(args, clients_per_round: int) -> dict:
             "num_clients": num_clients,
             "rounds": args.rounds,
             "workers": fed["num_workers"],
-            "clients_per_task": cfg.execution.clients_per_task,
+            # Synthetic logreg trains vectorized unless forced off (execution.vectorize).
+            "clients_per_task": cfg.group_size(cfg.execution.vectorize != "off"),
             "vectorize": cfg.execution.vectorize,
             "eval_every": cfg.eval_every,
             "tensorboard": cfg.output.tensorboard,

@@ -587,11 +587,17 @@ class CompressionConfig(_Model):
         return self
 
 
+DEFAULT_CLIENTS_PER_TASK = 10
+MAX_AUTO_BLOCK = 100  # a block of 100 Synthetic clients gathers ~12 MB of minibatches
+
+
 class ExecutionConfig(_Model):
     num_workers: int | None = Field(default=None, ge=1, description="default: one per CPU")
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0)
-    clients_per_task: int = Field(default=10, ge=1)
+    # None: automatic (Config.group_size): 10, or a tenth of the cohort (10 to 100) for the
+    # batched blocks of vectorized synchronous rounds.
+    clients_per_task: int | None = Field(default=None, ge=1)
     address: str | None = None
     object_store_mb: int = Field(default=256, ge=80)
     # Small by default: with vectorized training, regenerating a client's data is about half of
@@ -680,6 +686,21 @@ class Config(_Model):
                 "fedasync applies every update as it arrives; remove asynchronous.buffer_size "
                 "(or use another strategy for FedBuff-style buffering)"
             )
+
+    def group_size(self, vectorized_rounds: bool = False) -> int:
+        """Clients per actor call: ``execution.clients_per_task`` if set, else 10 — or, for the
+        batched blocks of vectorized synchronous rounds, a tenth of the cohort within [10, 100].
+
+        A block pays a fixed cost per step of its longest client, so larger blocks amortise it
+        over more clients: K=1000 Synthetic rounds took 7.9 s in blocks of 100 against 10.9 s in
+        blocks of 10 (K=100 and K=10 gained nothing from larger ones). It depends on the
+        configuration only, never on the worker count, since the groups fix the order of the
+        pre-summed updates."""
+        if self.execution.clients_per_task is not None:
+            return self.execution.clients_per_task
+        if vectorized_rounds and self.mode == "sync":
+            return min(MAX_AUTO_BLOCK, max(DEFAULT_CLIENTS_PER_TASK, self.num_selected // 10))
+        return DEFAULT_CLIENTS_PER_TASK
 
     @property
     def num_selected(self) -> int:

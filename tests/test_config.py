@@ -148,3 +148,21 @@ def test_ecom_rec_refuses_world_keys_it_does_not_use():
     # the catalogue keys are its own
     cfg = config_from_dict({"workload": {"name": "ecom_rec", "world": {"num_products": 300}}})
     assert cfg.workload.world.num_products == 300
+
+
+@pytest.mark.parametrize(
+    ("settings", "vectorized", "expected"),
+    [
+        ({"clients_per_round": 1000}, False, 10),  # client by client: 10 per actor call
+        ({"clients_per_round": 100}, True, 10),
+        ({"clients_per_round": 300}, True, 30),  # batched blocks: a tenth of the cohort
+        ({"clients_per_round": 5000}, True, 100),  # ... at most 100
+        ({"clients_per_round": 200, "over_selection": 1.5}, True, 30),  # of the selected cohort
+        ({"clients_per_round": 1000, "execution": {"clients_per_task": 7}}, True, 7),  # as set
+        ({"mode": "async", "clients_per_round": 1000}, True, 10),  # async dispatch blocks
+    ],
+)
+def test_clients_per_task_is_automatic_unless_set(settings, vectorized, expected):
+    cfg = config_from_dict({"clients": {"num_clients": 10_000}, **settings})
+
+    assert cfg.group_size(vectorized) == expected

@@ -250,7 +250,7 @@ class AsyncDriver(Driver):
         window.bytes_down_raw += task.plan.bytes_down_raw
         if not task.plan.dropped:  # compute for clients that will drop out is never spent
             self._pending.append(task)
-            if len(self._pending) >= self.cfg.execution.clients_per_task:
+            if len(self._pending) >= self.cfg.group_size():
                 self._submit_pending()
 
     def _current_version(self) -> _Version:
@@ -301,7 +301,7 @@ class AsyncDriver(Driver):
             self._submit_pending()
         entry = self._groups[task.ticket]
         if entry[0] is None:
-            half_group = max(1, self.cfg.execution.clients_per_task // 2)
+            half_group = max(1, self.cfg.group_size() // 2)
             if len(self._pending) >= half_group and not self.pool.done(task.ticket):
                 # About to block: hand the actors what is already dispatched rather than let
                 # them drain their queues while the driver waits.

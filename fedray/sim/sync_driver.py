@@ -2,7 +2,8 @@
 
 Per round: sample the cohort from (seed, round); plan the round in virtual time
 (:mod:`fedray.sim.round_plan`); train only the accepted clients on the worker pool, in groups of
-``execution.clients_per_task`` cut from the cohort in its seeded order (never by worker count);
+``execution.clients_per_task`` (:meth:`Config.group_size`) cut from the cohort in its seeded order,
+or by size for vectorized blocks (:func:`make_groups`; never by worker count);
 sum the groups' pre-summed updates in group order; take the strategy's server step; evaluate;
 hand the rows to the recorder. The global model goes into Ray's object store once per round.
 
@@ -192,7 +193,7 @@ class SyncDriver(Driver):
         groups, costs = make_groups(
             plan,
             num_samples,
-            cfg.execution.clients_per_task,
+            cfg.group_size(self.vectorized),
             cfg.client.batch_size if self.vectorized else None,
         )
 

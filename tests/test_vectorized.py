@@ -96,6 +96,7 @@ def _torch_sgd(x, y, start, *, seed, epochs, lr, batch_size):
         model.bias.copy_(torch.from_numpy(start[-10:]))
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
+    losses = []
     for _ in range(epochs):
         order = rng.permutation(len(y))
         for at in range(0, len(y), batch_size):
@@ -106,15 +107,18 @@ def _torch_sgd(x, y, start, *, seed, epochs, lr, batch_size):
             )
             loss.backward()
             opt.step()
-    return np.concatenate([model.weight.detach().numpy().ravel(), model.bias.detach().numpy()])
+            losses.append(loss.item())
+    params = [model.weight.detach().numpy().ravel(), model.bias.detach().numpy()]
+    return np.concatenate(params), np.mean(losses)
 
 
-@pytest.mark.parametrize("logit_scale", [1.0, 300.0])
+@pytest.mark.parametrize("logit_scale", [1.0, 6.0, 300.0])
 def test_a_block_whose_logits_overflow_without_the_shift_is_retrained_with_it(
     monkeypatch, logit_scale
 ):
-    # Prepare: three clients of different sizes; at scale 300 the logits reach ~1e3, where
-    # exp() overflows float32 and the optimistic unshifted softmax must give way to the shift.
+    # Prepare: three clients of different sizes. At scale 6 the logits reach ~70, large but in
+    # range without the shift (the losses then subtract large, close terms); at scale 300 they
+    # reach ~1e3, where exp() overflows float32 and the unshifted pass must give way to the shift.
     rng = np.random.default_rng(0)
     data = [
         (rng.normal(0, logit_scale, (n, 6)).astype(np.float32), rng.integers(0, 10, n))
@@ -139,12 +143,13 @@ def test_a_block_whose_logits_overflow_without_the_shift_is_retrained_with_it(
     block = batched.train_block([(10, 6)], jobs, lr=lr, batch_size=5)
 
     # Assert: one pass when the logits stay in range, a second (stable) one when they do not;
-    # either way each client's model is what torch's own SGD computes.
-    assert passes == ([False] if logit_scale == 1.0 else [False, True])
+    # either way each client's model and mean loss are what torch's own SGD computes.
+    assert passes == ([False] if logit_scale < 100 else [False, True])
     for i, (x, y) in enumerate(data):
-        expected = _torch_sgd(x, y, start, seed=7 + i, epochs=2, lr=lr, batch_size=5)
+        expected, mean_loss = _torch_sgd(x, y, start, seed=7 + i, epochs=2, lr=lr, batch_size=5)
         assert np.all(np.isfinite(block.params[i]))
         np.testing.assert_allclose(block.params[i], expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(block.loss[i], mean_loss, rtol=1e-5)
 
 
 def test_vectorize_can_be_forced_and_fails_in_one_line_where_unsupported():

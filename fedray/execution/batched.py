@@ -257,16 +257,20 @@ def train_block(
     # range where that is exact is trained again with the shift.
     params = stack([j.start for j in jobs])
     with np.errstate(all="ignore"):  # overflow there is detected and answered by the retry
-        shifted, normaliser = _sgd(block, params, shapes, stable=False)
+        logits, normaliser = _sgd(block, params, shapes, stable=False)
     if not _unshifted_was_exact(normaliser, params):
         params = stack([j.start for j in jobs])
-        shifted, normaliser = _sgd(block, params, shapes, stable=True)
+        logits, normaliser = _sgd(block, params, shapes, stable=True)
 
-    # Σ_rows weight·CE = −Σ target·shifted + Σ_rows weight·log(normaliser), per slot, then summed
-    # over each client's slots (slot s of step t belongs to rank s − block_start[t]).
-    slot_loss = (weight * np.log(normaliser)).sum(axis=(1, 2)) - (target * shifted).sum(axis=(1, 2))
+    # Σ_rows weight·CE = Σ_rows weight·log Σ_c exp(z) − Σ target·z for the logits z as used
+    # (shifted or not), per slot, then summed over each client's slots (slot s of step t belongs
+    # to rank s − block_start[t]). In float64: unshifted, the two terms can be large and close.
+    log_normaliser = np.log(normaliser, dtype=np.float64)
+    slot_loss = (weight * log_normaliser).sum(axis=(1, 2)) - np.einsum(
+        "sbc,sbc->s", target, logits, dtype=np.float64
+    )
     rank = np.arange(len(rows)) - np.repeat(block_start[:-1], active)
-    loss_sum = np.bincount(rank, weights=slot_loss.astype(np.float64), minlength=len(jobs))
+    loss_sum = np.bincount(rank, weights=slot_loss, minlength=len(jobs))
 
     flat = np.concatenate(
         [

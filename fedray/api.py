@@ -100,6 +100,24 @@ def start_ray(cfg: Config, verbose: bool) -> bool:
     return True
 
 
+def _privacy_summary(cfg: Config, rounds: int) -> dict | None:
+    """The run's DP-FedAvg guarantee after ``rounds`` rounds (None without ``privacy``)."""
+    from fedray.privacy import ACCOUNTANT, Accountant
+
+    accountant = Accountant.of(cfg)
+    if accountant is None:
+        return None
+    accountant.rounds = rounds
+    return {
+        "epsilon": accountant.epsilon,
+        "delta": accountant.delta,
+        "noise_multiplier": accountant.noise_multiplier,
+        "clip_norm": cfg.privacy.clip_norm,
+        "sample_rate": accountant.sample_rate,
+        "accountant": ACCOUNTANT,
+    }
+
+
 def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
     """Run the simulation described by ``cfg`` and return its :class:`Result`."""
     keep_local_ray_on_loopback(cfg)
@@ -113,7 +131,7 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
     from fedray.progress import RoundProgress
     from fedray.results.tensorboard import TensorBoardSink
     from fedray.sim.async_driver import AsyncDriver
-    from fedray.sim.driver import check_layout_support
+    from fedray.sim.driver import check_layout_support, check_privacy_support
     from fedray.sim.evaluation import Evaluator
     from fedray.sim.sync_driver import SyncDriver
     from fedray.workloads import make_workload, metric_names
@@ -157,7 +175,9 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
         resolve_mode(cfg.execution.vectorize, workload)  # a one-line error if forced on in vain
         # ...and so is a strategy or codec the workload's parameter layout cannot take
         model = workload.build_model()
-        check_layout_support(cfg, workload, FlatLayout.of(model, workload.parameter_layout()))
+        flat = FlatLayout.of(model, workload.parameter_layout())
+        check_layout_support(cfg, workload, flat)
+        check_privacy_support(cfg, workload, flat, profiles)
         pool = WorkerPool(
             num_workers,
             cpus_per_worker=cfg.execution.cpus_per_worker,
@@ -169,6 +189,7 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
                 cfg.seed,
                 cfg.execution.data_cache_mb,
                 cfg.execution.vectorize,
+                None if cfg.privacy is None else cfg.privacy.clip_norm,
             ),
         )
         # The driver prepares its side while the actors import torch.
@@ -230,6 +251,7 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
                 for k in ("eval_accuracy", "eval_loss", "global_train_loss", "train_loss")
                 + tuple(f"eval_{m}" for m in metric_names(cfg.workload))
             },
+            privacy=_privacy_summary(cfg, state.round),
         )
     except KeyboardInterrupt:
         summary["status"] = "interrupted"

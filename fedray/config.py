@@ -610,6 +610,26 @@ class ExecutionConfig(_Model):
     vectorize: Literal["auto", "on", "off"] = "auto"
 
 
+class PrivacyConfig(_Model):
+    """User-level DP-FedAvg (McMahan et al., ICLR 2018; :mod:`fedray.privacy`): every client's
+    decoded update is clipped to L2 norm ``clip_norm`` (C) and counts with weight 1, Gaussian
+    noise N(0, (``noise_multiplier`` · C)² I) is added to the round's sum, and the sum is divided
+    by ``clients_per_round``. ε is reported at ``delta``."""
+
+    clip_norm: float = Field(gt=0)
+    noise_multiplier: float = Field(ge=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+
+
+# Strategies that cannot take a noisy, clipped sum: robust rules see every update (no sum to
+# noise), SCAFFOLD also uploads control variates the noise would not cover, FedAsync is async.
+_PRIVACY_STRATEGIES_REFUSED = {
+    "robust": "robust rules look at each client's update, not a noised sum",
+    "scaffold": "its control-variate uploads would leave the noised sum unprotected",
+    "fedasync": "it mixes in each update as it arrives, with no sum to noise",
+}
+
+
 class OutputConfig(_Model):
     root: Path = Path("results")
     name: str | None = None
@@ -636,6 +656,7 @@ class Config(_Model):
     compression: CompressionConfig = CompressionConfig()
     execution: ExecutionConfig = ExecutionConfig()
     output: OutputConfig = OutputConfig()
+    privacy: PrivacyConfig | None = None  # off by default
     _source: Path | None = PrivateAttr(default=None)  # the YAML file it was loaded from
 
     @property
@@ -653,6 +674,8 @@ class Config(_Model):
         self.workload.check_num_clients(self.clients.num_clients)
         if self.workload.eval_clients > self.clients.num_clients:
             self.workload.eval_clients = self.clients.num_clients
+        if self.privacy is not None:  # first: its strategy message is the one to act on
+            self._check_privacy()
         if self.mode == "async":
             self._check_async()
         elif self.strategy.name == "fedasync":
@@ -660,6 +683,28 @@ class Config(_Model):
                 "strategy fedasync is asynchronous; set mode: async (or pick a sync strategy)"
             )
         return self
+
+    def _check_privacy(self) -> None:
+        why = _PRIVACY_STRATEGIES_REFUSED.get(self.strategy.name)
+        if why is not None:
+            raise ValueError(
+                f"privacy cannot be combined with strategy {self.strategy.name}: {why}; use "
+                "fedavg, fedprox, fedavgm, fedadagrad, fedadam or fedyogi, or remove privacy"
+            )
+        if self.mode == "async":
+            raise ValueError(
+                "privacy (DP-FedAvg) supports synchronous rounds only; set mode: sync or remove "
+                "privacy"
+            )
+        profile = self.clients.profile
+        dists = [profile.availability] + [t.availability for t in profile.tiers or ()]
+        if any(d is not None and _dist_bounds(d) != (1.0, 1.0) for d in dists):
+            # Sampling among the clients online in a round is not the uniform sampling over N
+            # the accountant assumes; ε would be understated (fedray.privacy).
+            raise ValueError(
+                "privacy accounting assumes every client is always available; set "
+                "clients.profile.availability (and every tier's) to 1 or remove privacy"
+            )
 
     def _check_async(self) -> None:
         if self.deadline_s is not None:

@@ -16,6 +16,8 @@ Workloads with a :class:`~fedray.workloads.base.ParameterLayout` train from the 
 the client's private parameters loaded (returned, never uploaded), and upload only their row-table
 rows plus the shared parameters (:mod:`fedray.execution.layout`); the group then also returns the
 per-coordinate weight Σ n_k over the clients that uploaded each coordinate, for per-row averaging.
+With ``clip_norm`` set (user-level DP-FedAvg, McMahan et al. 2018; :mod:`fedray.privacy`) each
+decoded update — what the server would sum — is clipped to that L2 norm and weighted 1, not n_k.
 Client data is generated on demand from (seed, client id) and kept in a bounded LRU cache.
 """
 
@@ -70,6 +72,7 @@ class GroupResult:
     privates: dict[int, np.ndarray] = field(default_factory=dict)  # new private parameters
     num_rows: np.ndarray | None = None  # row tables: rows each client uploaded
     row_ids: list[np.ndarray] | None = None  # row tables, not pre-summed: each client's rows
+    num_clipped: int = 0  # DP-FedAvg: clients whose decoded update was scaled down to clip_norm
 
     def rows_of(self, i: int) -> np.ndarray | None:
         """The row ids client ``i`` of the group uploaded (None without row tables)."""
@@ -99,6 +102,7 @@ class ClientWorker:
         seed: int,
         data_cache_mb: int = 256,
         vectorize: str = "auto",
+        clip_norm: float | None = None,
     ):
         import torch
 
@@ -123,6 +127,7 @@ class ClientWorker:
         dense = self.flat.dense or vectorize == "on"
         self.vectorized = dense and batched.resolve_mode(vectorize, self.workload, self.model)
         self.codec = make_codec(uplink_cfg)
+        self.clip_norm = clip_norm
         self._cache: OrderedDict[int, object] = OrderedDict()
         self._cache_bytes = 0
         self._cache_budget = data_cache_mb * 2**20
@@ -260,6 +265,7 @@ class ClientWorker:
         from fedray import seeding
         from fedray.compression import encode_with_feedback
         from fedray.execution.layout import pack_upload
+        from fedray.privacy import clip
 
         models = global_params if isinstance(global_params, list) else [global_params]
         models = [ray.get(m) if isinstance(m, ray.ObjectRef) else m for m in models]
@@ -284,6 +290,7 @@ class ClientWorker:
         new_controls: dict[int, np.ndarray] = {}
         residuals = residuals or {}
         weight_sum = 0.0
+        num_clipped = 0
         flat = self.flat
         coverage = np.zeros(base.shape, dtype=np.float64) if flat.tables else None
         num_rows = np.empty(n, np.int64) if flat.tables else None
@@ -317,11 +324,18 @@ class ClientWorker:
                     num_rows[i] = len(done.rows)
                 if row_ids is not None:
                     row_ids.append(done.rows)
+            weight = done.num_samples
+            if self.clip_norm is not None:
+                # DP-FedAvg bounds each user's influence on the sum: clip what the server
+                # receives, and count every user once whatever its sample count.
+                decoded, clipped = clip(decoded, self.clip_norm)
+                num_clipped += clipped
+                weight = 1.0
             if rows is not None:
                 rows[i] = decoded
             else:
-                update_sum += done.num_samples * decoded.astype(np.float64)
-            weight_sum += done.num_samples
+                update_sum += weight * decoded.astype(np.float64)
+            weight_sum += weight
             sizes[i] = len(pack_upload(done.rows, payload))
             if control is not None:
                 # Option II of the paper: c_k⁺ = c_k − c + (x − y_k) / (K η_l). The client keeps
@@ -357,6 +371,7 @@ class ClientWorker:
             {c: p for c, p in new_privates.items() if p is not None},
             num_rows,
             row_ids,
+            num_clipped,
         )
 
     def _compact(

@@ -39,6 +39,11 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("eval_accuracy", pa.float64()),
         pa.field("global_train_loss", pa.float64()),
         pa.field("global_train_accuracy", pa.float64()),
+        # DP-FedAvg (``privacy``): cumulative ε at the config's δ after this round, and the share
+        # of the round's trained clients whose update was clipped; NaN (null in async runs) when
+        # privacy is off.
+        pa.field("dp_epsilon", pa.float64(), nullable=True),
+        pa.field("dp_clipped_fraction", pa.float64(), nullable=True),
     ]
 )
 

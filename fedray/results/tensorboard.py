@@ -41,6 +41,8 @@ class TensorBoardSink:
             "async/staleness_mean": row.get("staleness_mean"),
             "async/staleness_max": row.get("staleness_max"),
             "async/num_stale": row.get("num_stale"),
+            "privacy/epsilon": row.get("dp_epsilon"),
+            "privacy/clipped_fraction": row.get("dp_clipped_fraction"),
         }
         # workload metrics (eval_macro_f1, eval_entity_f1, ...) beyond loss and accuracy
         scalars.update(

@@ -142,3 +142,23 @@ def check_layout_support(cfg: Config, workload: Workload, flat: FlatLayout) -> N
             f"a different row set each time; set compression.uplink.error_feedback: false for "
             f"{uplink.name}"
         )
+
+
+def check_privacy_support(cfg: Config, workload: Workload, flat: FlatLayout, profiles) -> None:
+    """What DP-FedAvg (``privacy``) cannot be combined with, known only once the workload and the
+    device trace are loaded (the config refuses the rest)."""
+    if cfg.privacy is None:
+        return
+    if not flat.dense:
+        # Per-row averaging divides by how many clients uploaded each row, and private
+        # parameters never reach the server: neither fits one clipped, noised, fixed-denominator sum.
+        raise UserError(
+            f"privacy needs a dense model, but workload {workload.name} has private parameters "
+            "or row-sparse tables; remove privacy or choose a dense workload"
+        )
+    trace = getattr(profiles, "trace", None)
+    if trace is not None and "availability" in trace and np.any(trace["availability"] != 1):
+        raise UserError(
+            "privacy accounting assumes every client is always available, but the device trace's "
+            "availability column is below 1; set it to 1, drop the column, or remove privacy"
+        )

@@ -28,6 +28,7 @@ from fedray.config import Config
 from fedray.errors import UserError
 from fedray.execution.batched import resolve_mode
 from fedray.execution.worker import Task
+from fedray.privacy import Accountant, add_noise
 from fedray.sim.driver import Driver, DriverState, enough_updates, per_row_sum
 from fedray.sim.links import close_residual_store
 from fedray.sim.round_plan import DROPPED, PARTIAL, STRAGGLER, RoundPlan, plan_round
@@ -123,6 +124,8 @@ class SyncDriver(Driver):
             )
             budget = cfg.execution.client_state_mb * 2**20
             self.controls, self.payloads = ClientStateStore(budget, self.controls_dir), 2
+        # DP-FedAvg (fedray.privacy): the workers clip; the driver noises the sum and accounts.
+        self.accountant = Accountant.of(cfg)
 
     def close(self) -> None:
         if self.controls is not None:
@@ -198,6 +201,7 @@ class SyncDriver(Driver):
         )
 
         losses = np.full(len(cohort), np.nan)
+        num_clipped = 0
         if groups:
             params_ref = ray.put(start_params)
             residuals = None
@@ -240,6 +244,7 @@ class SyncDriver(Driver):
             for result in results:  # group order: the sum is the same for any number of workers
                 update_sum += result.update_sum
                 weight_sum += result.weight_sum
+                num_clipped += result.num_clipped
                 at = [position[int(cid)] for cid in result.client_ids]
                 losses[at] = result.train_loss
                 self.links.check_uploads(result.bytes_up, upload_bytes[at] * self.payloads)
@@ -264,6 +269,18 @@ class SyncDriver(Driver):
                     num_clients=cfg.clients.num_clients,
                 )
             elif linear:
+                if cfg.privacy is not None:
+                    # McMahan et al. 2018: noise the sum of clipped updates and divide it by the
+                    # fixed expected cohort size K, not the number that arrived (eq. 4).
+                    p = cfg.privacy
+                    update_sum = add_noise(
+                        update_sum,
+                        seed=cfg.seed,
+                        round_=round_,
+                        noise_multiplier=p.noise_multiplier,
+                        clip_norm=p.clip_norm,
+                    )
+                    weight_sum = float(cfg.clients_per_round)
                 if coverage is not None:
                     update_sum = per_row_sum(update_sum, coverage, weight_sum)
                 state.server = self.strategy.apply(state.server, update_sum, weight_sum)
@@ -293,6 +310,12 @@ class SyncDriver(Driver):
 
         accepted = plan.accepted
         weights = num_samples[accepted]
+        dp_epsilon = dp_clipped = np.nan
+        if self.accountant is not None:
+            # Every round counts, even one in which no client was accepted (conservative).
+            dp_epsilon = self.accountant.step()
+            trained = int(accepted.sum())
+            dp_clipped = num_clipped / trained if trained else np.nan
         train_loss = (
             float(np.average(losses[accepted], weights=weights)) if weights.sum() > 0 else np.nan
         )
@@ -320,6 +343,8 @@ class SyncDriver(Driver):
             "cum_bytes_down": state.cum_bytes_down,
             "train_loss": train_loss,
             **metrics,
+            "dp_epsilon": dp_epsilon,
+            "dp_clipped_fraction": dp_clipped,
         }
         events = {
             "round": np.full(len(cohort), round_, dtype=np.int64),

@@ -21,7 +21,7 @@ RDP accounting (Wang, Balle, Kasiviswanathan, AISTATS 2019, Thm. 27). The noise 
 z / 2 because that bound takes σ relative to the query's replace-one sensitivity, and swapping one
 user's clipped update for another's moves the sum by up to 2C. This is what fedray actually does,
 rather than the paper's Poisson sampling with q = K/N under add/remove-one (``PoissonSampledDpEvent``,
-about 6× smaller ε at z = 1, K/N = 0.1, 50 rounds), which would be an approximation here.
+about 8× smaller ε at z = 1, K/N = 0.1, 50 rounds: 5.9 against 47), which would be an approximation here.
 
 **Which clients.** Deadlines, dropout and over-selection keep a subset of the M sampled clients,
 chosen from their device profiles only, never from their data, so accounting for all M sampled

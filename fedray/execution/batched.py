@@ -191,16 +191,25 @@ def _sgd(block: _Block, params: list[np.ndarray], shapes, *, stable: bool):
     return logits, normaliser
 
 
-# Without the max-shift, a softmax is exact to float32 rounding while every row's normaliser
-# Σ exp(z) is finite and its largest term a normal number (not denormal): terms then carry their
-# full 24-bit precision, or are below 2^-126 of the largest and round away as they would anyway.
+# Without the max-shift, a softmax step is exact to float32 rounding while, for every row, the
+# normaliser Σ exp(z) is finite and its largest term a normal number (terms that matter then carry
+# their full 24-bit precision; the rest are below 2^-24 of it and round away as they would
+# anyway), and the row's scale lr / (|batch| · Σ exp(z)) is a normal number too (a denormal one
+# keeps fewer bits: lr 2e-5 with logits near 80 had lost all but a few).
 _NORMALISER_MIN = float(np.exp(np.float32(-80.0)))
+_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
 
 
-def _unshifted_was_exact(normaliser: np.ndarray, params: list[np.ndarray]) -> bool:
-    with np.errstate(invalid="ignore"):
+def _unshifted_was_exact(
+    normaliser: np.ndarray, lr_weight: np.ndarray, params: list[np.ndarray]
+) -> bool:
+    with np.errstate(invalid="ignore", over="ignore"):
         in_range = bool(np.all(normaliser >= _NORMALISER_MIN) & np.all(np.isfinite(normaliser)))
-    return in_range and all(np.isfinite(p).all() for p in params)
+        # float64: the product of a large normaliser and 2^-126 must not itself underflow.
+        scale_normal = (lr_weight == 0) | (
+            lr_weight.astype(np.float64) >= normaliser.astype(np.float64) * _SMALLEST_NORMAL
+        )
+    return in_range and bool(scale_normal.all()) and all(np.isfinite(p).all() for p in params)
 
 
 def train_block(
@@ -258,7 +267,7 @@ def train_block(
     params = stack([j.start for j in jobs])
     with np.errstate(all="ignore"):  # overflow there is detected and answered by the retry
         logits, normaliser = _sgd(block, params, shapes, stable=False)
-    if not _unshifted_was_exact(normaliser, params):
+    if not _unshifted_was_exact(normaliser, block.lr_weight, params):
         params = stack([j.start for j in jobs])
         logits, normaliser = _sgd(block, params, shapes, stable=True)
 

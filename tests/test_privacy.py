@@ -12,7 +12,6 @@ import dp_accounting
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
 import fedray
@@ -24,18 +23,6 @@ from fedray.privacy import Accountant, add_noise, clip, epsilon_after
 from fedray.results.schema import NONDETERMINISTIC_COLUMNS
 from fedray.strategies import FedAvg
 from fedray.training import flat_params
-
-
-@pytest.fixture(autouse=True)
-def _leave_global_rngs_as_found():
-    # Building models draws torch's default init from the global generator; later modules'
-    # tests that build unseeded models (tests/test_strategies.py) should not depend on whether
-    # these tests ran before them.
-    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
-    yield
-    torch.set_rng_state(torch_state)
-    np.random.set_state(numpy_state)
-
 
 # ----------------------------------------------------------------------------- worker: clipping
 

@@ -150,10 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = result.summary
     final = summary.get("final", {})
     acc = final.get("eval_accuracy")
+    privacy = summary.get("privacy")
+    # A private run's guarantee belongs next to its accuracy: the two are the trade-off.
+    guarantee = f", ε {privacy['epsilon']:.3g} at δ {privacy['delta']:g}" if privacy else ""
     print(
         f"fedray: {summary['rounds_completed']} rounds, sim {summary['sim_time_s']:.1f}s, "
         f"wall {summary['wall_time_s']:.1f}s (+{summary['startup_s']:.1f}s start-up), "
-        f"eval_accuracy {acc:.4f} -> {result.path}"
+        f"eval_accuracy {acc:.4f}{guarantee} -> {result.path}"
         if acc is not None
         else f"fedray: done -> {result.path}"
     )

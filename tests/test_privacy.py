@@ -12,6 +12,7 @@ import dp_accounting
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
 import fedray
@@ -283,3 +284,19 @@ def test_non_private_runs_record_nan_and_no_privacy_block(ray_session, small_con
     assert result.rounds["dp_epsilon"].isna().all()
     assert result.rounds["dp_clipped_fraction"].isna().all()
     assert result.summary.get("privacy") is None
+
+
+def test_the_cli_reports_the_guarantee_next_to_the_accuracy(
+    ray_session, small_config, tmp_path, capsys
+):
+    small_config.update(rounds=2)
+    small_config["privacy"] = {"clip_norm": 0.3, "noise_multiplier": 1.1, "delta": 1e-4}
+    path = tmp_path / "private.yaml"
+    path.write_text(yaml.safe_dump(small_config))
+
+    code = main(["run", str(path), "--quiet"])
+
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    eps = epsilon_after(2, noise_multiplier=1.1, num_clients=40, sample_size=6, delta=1e-4)
+    assert code == 0
+    assert f", ε {eps:.3g} at δ 0.0001 -> " in out and out.startswith("fedray: 2 rounds")

@@ -107,9 +107,8 @@ def _privacy_summary(cfg: Config, rounds: int) -> dict | None:
     accountant = Accountant.of(cfg)
     if accountant is None:
         return None
-    accountant.rounds = rounds
     return {
-        "epsilon": accountant.epsilon,
+        "epsilon": accountant.epsilon(rounds),
         "delta": accountant.delta,
         "noise_multiplier": accountant.noise_multiplier,
         "clip_norm": cfg.privacy.clip_norm,

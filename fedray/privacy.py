@@ -120,10 +120,12 @@ def epsilon_after(
 
 
 class Accountant:
-    """ε of a run so far, one round at a time (cheap per round: the round's RDP is cached).
+    """A run's privacy parameters; :meth:`epsilon` gives ε after any number of rounds (cheap: the
+    round's RDP is cached). Stateless on purpose: every round counts, so ε is a function of the
+    round number alone and there is nothing to carry between rounds or checkpoint.
 
     >>> acc = Accountant(noise_multiplier=1.0, num_clients=1000, sample_size=100, delta=1e-5)
-    >>> acc.step() < acc.step()
+    >>> acc.epsilon(1) < acc.epsilon(2)
     True
     """
 
@@ -134,26 +136,20 @@ class Accountant:
         self.num_clients = num_clients
         self.sample_size = sample_size
         self.delta = delta
-        self.rounds = 0
 
     @property
     def sample_rate(self) -> float:
         return self.sample_size / self.num_clients
 
-    @property
-    def epsilon(self) -> float:
+    def epsilon(self, rounds: int) -> float:
+        """ε at ``delta`` after ``rounds`` rounds."""
         return epsilon_after(
-            self.rounds,
+            rounds,
             noise_multiplier=self.noise_multiplier,
             num_clients=self.num_clients,
             sample_size=self.sample_size,
             delta=self.delta,
         )
-
-    def step(self) -> float:
-        """Count one more round; returns ε after it."""
-        self.rounds += 1
-        return self.epsilon
 
     @classmethod
     def of(cls, cfg) -> Accountant | None:

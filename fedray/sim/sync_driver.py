@@ -312,10 +312,8 @@ class SyncDriver(Driver):
         weights = num_samples[accepted]
         dp_epsilon = dp_clipped = np.nan
         if self.accountant is not None:
-            # Every round counts, even one in which no client was accepted (conservative), so ε
-            # is a function of the round alone: no accountant state to carry or checkpoint.
-            self.accountant.rounds = round_
-            dp_epsilon = self.accountant.epsilon
+            # Every round counts, even one in which no client was accepted (conservative).
+            dp_epsilon = self.accountant.epsilon(round_)
             trained = int(accepted.sum())
             dp_clipped = num_clipped / trained if trained else np.nan
         train_loss = (

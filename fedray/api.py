@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -117,8 +118,18 @@ def _privacy_summary(cfg: Config, rounds: int) -> dict | None:
     }
 
 
-def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
-    """Run the simulation described by ``cfg`` and return its :class:`Result`."""
+def run(
+    cfg: Config,
+    *,
+    progress: bool = True,
+    verbose: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+) -> Result:
+    """Run the simulation described by ``cfg`` and return its :class:`Result`.
+
+    ``on_round``, if given, is called in the driver process with each row of ``rounds.parquet``
+    (a dict) once it is recorded: a hook for live monitoring (e.g. ``benchmarks/bench_soak.py``
+    samples memory at given rounds). It must not modify the row."""
     keep_local_ray_on_loopback(cfg)
     import ray
     import torch
@@ -228,6 +239,8 @@ def run(cfg: Config, *, progress: bool = True, verbose: bool = False) -> Result:
                     pending_hist["durations"], pending_hist["staleness"] = [], []
             bar.update(row["round"], row["sim_time_s"], row["eval_accuracy"])
             last.update(row)
+            if on_round is not None:
+                on_round(row)
 
         driver_class = AsyncDriver if cfg.mode == "async" else SyncDriver
         driver = driver_class(

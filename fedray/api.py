@@ -11,18 +11,21 @@ start-up cost (Ray, pool, data) apart from the rounds' wall time.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 from fedray.config import Config, dump_config
-from fedray.errors import UserError
+from fedray.errors import RunInterrupted, UserError
 from fedray.results.result import Result
 from fedray.results.writer import CONFIG_FILE, PARTITION_FILE, TB_DIR, RunDirectory
 
@@ -118,18 +121,46 @@ def _privacy_summary(cfg: Config, rounds: int) -> dict | None:
     }
 
 
+@contextlib.contextmanager
+def stop_on_signals():
+    """While the driver runs, SIGINT and SIGTERM ask it to checkpoint and stop at the next
+    server step instead of dying mid-round; yields the function the driver polls. (Only the
+    main thread can install handlers; elsewhere signals keep their default behaviour.)"""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+
+    def request(signum, frame):
+        received.append(signum)
+
+    previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def run(
     cfg: Config,
     *,
     progress: bool = True,
     verbose: bool = False,
     on_round: Callable[[dict], None] | None = None,
+    resume: bool = False,
 ) -> Result:
     """Run the simulation described by ``cfg`` and return its :class:`Result`.
 
     ``on_round``, if given, is called in the driver process with each row of ``rounds.parquet``
     (a dict) once it is recorded: a hook for live monitoring (e.g. ``benchmarks/bench_soak.py``
-    samples memory at given rounds). It must not modify the row."""
+    samples memory at given rounds). It must not modify the row.
+
+    Checkpoints go to ``<run>/checkpoint/`` every ``output.checkpoint_every`` server steps, at
+    the end, and when SIGINT or SIGTERM arrives (the run then stops with
+    :class:`~fedray.errors.RunInterrupted`). ``resume=True`` continues the checkpointed run in
+    ``output.root / output.name`` to the tables an uninterrupted run writes (see
+    :func:`resume_config` for the checks a resumed config passes)."""
     keep_local_ray_on_loopback(cfg)
     import ray
     import torch
@@ -140,8 +171,9 @@ def run(
     from fedray.execution.pool import WorkerPool, default_num_workers
     from fedray.progress import RoundProgress
     from fedray.results.tensorboard import TensorBoardSink
+    from fedray.sim import checkpoint
     from fedray.sim.async_driver import AsyncDriver
-    from fedray.sim.driver import check_layout_support, check_privacy_support
+    from fedray.sim.driver import Stop, check_layout_support, check_privacy_support
     from fedray.sim.evaluation import Evaluator
     from fedray.sim.sync_driver import SyncDriver
     from fedray.workloads import make_workload, metric_names
@@ -151,13 +183,16 @@ def run(
     profiles = ProfileModel(cfg.clients.profile, cfg.seed)  # fails fast on a bad trace file
     if cfg.execution.address and not ray.is_initialized():
         check_address(cfg.execution.address)
+    saved = None
+    if resume:
+        saved = checkpoint.load(cfg.output.root / cfg.output.name)
     run_dir = RunDirectory(
         cfg.output.root,
         cfg.output.name or _default_run_name(cfg),
         cfg.output.overwrite,
         metric_names=metric_names(cfg.workload),
+        resume_parts=None if saved is None else saved["sinks"],
     )
-    run_dir.write_text(CONFIG_FILE, dump_config(cfg))
     summary: dict = {
         "status": "running",
         "started_at": started_at.isoformat(),
@@ -165,6 +200,11 @@ def run(
         "seed": cfg.seed,
         "rounds_planned": cfg.rounds,
     }
+    if saved is None:
+        run_dir.write_text(CONFIG_FILE, dump_config(cfg))
+    else:
+        summary = {**run_dir.read_summary(), "status": "running"}
+        summary.setdefault("resumed_from_round", []).append(int(saved["round"]))
     run_dir.write_summary(summary)
     owns_ray, pool, tb, bar = False, None, None, None
     success = False
@@ -192,15 +232,7 @@ def run(
             num_workers,
             cpus_per_worker=cfg.execution.cpus_per_worker,
             gpus_per_worker=cfg.execution.gpus_per_worker,
-            worker_args=(
-                cfg.workload,
-                cfg.client,
-                cfg.compression.uplink,
-                cfg.seed,
-                cfg.execution.data_cache_mb,
-                cfg.execution.vectorize,
-                None if cfg.privacy is None else cfg.privacy.clip_norm,
-            ),
+            cfg=cfg,
         )
         # The driver prepares its side while the actors import torch.
         partition = workload.client_statistics()
@@ -210,7 +242,8 @@ def run(
             workload, cfg.seed, cfg.clients.num_clients, cfg.workload.eval_clients
         )
         if cfg.output.tensorboard:
-            tb = TensorBoardSink(run_dir.path / TB_DIR)
+            purge = None if saved is None else int(saved["round"]) + 1
+            tb = TensorBoardSink(run_dir.path / TB_DIR, purge_step=purge)
         pool.wait_ready()
         startup_s = time.perf_counter() - t0
         summary.update(startup_s=startup_s, num_workers=pool.size)
@@ -243,13 +276,32 @@ def run(
                 on_round(row)
 
         driver_class = AsyncDriver if cfg.mode == "async" else SyncDriver
-        driver = driver_class(
-            cfg, workload, profiles, pool, evaluator, record, run_dir.path / ".client_state"
-        )
-        try:
-            state = driver.run()
-        finally:
-            driver.close()
+        with stop_on_signals() as stop_requested:
+            driver = driver_class(
+                cfg,
+                workload,
+                profiles,
+                pool,
+                evaluator,
+                record,
+                run_dir.path / ".client_state",
+                run_path=run_dir.path,
+                checkpoint_every=cfg.output.checkpoint_interval(cfg.mode),
+                stop_requested=stop_requested,
+                on_checkpoint=run_dir.checkpoint,
+            )
+            try:
+                if saved is not None:
+                    driver.restore(saved)
+                state = driver.run()
+                if driver.checkpoint_every:
+                    driver.save_checkpoint()  # at the end too: a finished run can be extended
+            except Stop as stop:
+                summary.update(status="interrupted", checkpoint_round=stop.round)
+                raise RunInterrupted(stop.signum, stop.round, run_dir.path) from None
+            finally:
+                driver.close()
+                summary["worker_restarts"] = summary.get("worker_restarts", 0) + pool.restarts
         success = True
         summary.update(
             status="completed",
@@ -265,7 +317,7 @@ def run(
             },
             privacy=_privacy_summary(cfg, state.round),
         )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunInterrupted):
         summary["status"] = "interrupted"
         raise
     except BaseException as err:
@@ -285,7 +337,8 @@ def run(
             },
         )
         if success or not run_dir.replaces_existing:
-            run_dir.write_summary(summary)
+            if run_dir.path.is_dir():
+                run_dir.write_summary(summary)
         run_dir.close(success)
         if pool is not None:
             pool.shutdown()

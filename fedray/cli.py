@@ -1,12 +1,15 @@
 """The ``fedray`` command line.
 
     fedray run CONFIG [--set key=value ...] [--out DIR] [--name NAME] [--address HOST:PORT]
+               [--checkpoint-every N]
+    fedray run --resume RUN_DIR [CONFIG] [--set key=value ...]
     fedray study STUDY [--set key=value ...] [--out DIR]
     fedray sweep SWEEP [--set key=value ...] [--out DIR] [--resume] [--address HOST:PORT]
     fedray validate CONFIG [--set key=value ...]
 
 User errors (bad config, file or argument) print one line and exit with code 2; a sweep whose
-trials did not all complete exits with code 1 (each trial's error is in sweep.parquet).
+trials did not all complete exits with code 1 (each trial's error is in sweep.parquet). A run
+stopped by SIGINT or SIGTERM checkpoints first and exits with 130 or 143.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fedray.errors import UserError
+from fedray.errors import RunInterrupted, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,12 +41,27 @@ def _build_parser() -> argparse.ArgumentParser:
             help=help_text,
         )
 
-    def add_config_args(p):
-        p.add_argument("config", help="YAML config file (see configs/)")
+    def add_config_args(p, optional: bool = False):
+        if optional:
+            p.add_argument("config", nargs="?", help="YAML config file (see configs/)")
+        else:
+            p.add_argument("config", help="YAML config file (see configs/)")
         add_overrides(p, "override a config key, e.g. --set clients.num_clients=1000 (repeatable)")
 
     run = sub.add_parser("run", help="run a simulation and write results/<name>/")
-    add_config_args(run)
+    add_config_args(run, optional=True)
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a checkpointed run to the tables an uninterrupted run writes",
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="server steps between checkpoints (output.checkpoint_every; default 10 rounds "
+        "sync, 100 updates async; 0: off)",
+    )
     run.add_argument("--out", help="results root directory (output.root)")
     run.add_argument("--name", help="run name; default: <timestamp>-<config name> (output.name)")
     run.add_argument("--address", help="connect to an existing Ray cluster, e.g. 127.0.0.1:6379")
@@ -88,11 +106,16 @@ def _cli_overrides(args) -> list[str]:
         extra.append(f"execution.num_workers={args.workers}")
     if getattr(args, "overwrite", False):
         extra.append("output.overwrite=true")
+    if getattr(args, "checkpoint_every", None) is not None:
+        extra.append(f"output.checkpoint_every={args.checkpoint_every}")
     return args.overrides + extra
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.config is None and not args.resume:
+        parser.error("run needs a CONFIG file, or --resume RUN_DIR")
     try:
         if args.command == "workloads":
             from fedray.config import WORKLOAD_MODELS
@@ -134,16 +157,32 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if (status == "completed").all() else 1
         from fedray.config import dump_config, load_config
 
-        cfg = load_config(args.config, overrides=_cli_overrides(args))
+        if args.command == "run" and args.resume:
+            from fedray.resume import resume_config
+
+            cfg, finished = resume_config(args.resume, args.config, _cli_overrides(args))
+            if finished:
+                print(f"fedray: {args.resume} already finished; nothing to resume")
+                return 0
+        else:
+            cfg = load_config(args.config, overrides=_cli_overrides(args))
         if args.command == "validate":
             sys.stdout.write(dump_config(cfg))
             return 0
         from fedray.api import run
 
-        result = run(cfg, progress=not args.quiet, verbose=args.verbose)
+        result = run(
+            cfg,
+            progress=not args.quiet,
+            verbose=args.verbose,
+            resume=bool(getattr(args, "resume", None)),
+        )
     except UserError as err:
         print(f"fedray: error: {err}", file=sys.stderr)
         return err.exit_code
+    except RunInterrupted as stop:
+        print(f"fedray: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("fedray: interrupted", file=sys.stderr)
         return 130

@@ -623,6 +623,16 @@ class PrivacyConfig(_Model):
     delta: float = Field(default=1e-5, gt=0, lt=1)
 
 
+class RobustnessConfig(_Model):
+    """What happens to a poisoned update — NaN or inf in a client's update or private
+    parameters, or (``max_update_norm``) an L2 norm above a bound: it is ``quarantine``d (recorded
+    in client_events with status ``quarantined``, never aggregated, the client's state left as it
+    was) or stops the run with a one-line ``error``."""
+
+    nonfinite: Literal["quarantine", "error"] = "quarantine"
+    max_update_norm: float | None = Field(default=None, gt=0)
+
+
 # Strategies that cannot take a noisy, clipped sum: robust rules see every update (no sum to
 # noise), SCAFFOLD also uploads control variates the noise would not cover, FedAsync is async.
 _PRIVACY_STRATEGIES_REFUSED = {
@@ -637,6 +647,14 @@ class OutputConfig(_Model):
     name: str | None = None
     overwrite: bool = False
     tensorboard: bool = True
+    # Server steps between checkpoints (<run>/checkpoint/, also written at the end and on
+    # SIGINT/SIGTERM): None means 10 rounds (sync) or 100 updates (async); 0 turns them off.
+    checkpoint_every: int | None = Field(default=None, ge=0)
+
+    def checkpoint_interval(self, mode: str) -> int:
+        if self.checkpoint_every is not None:
+            return self.checkpoint_every
+        return 100 if mode == "async" else 10
 
 
 class Config(_Model):
@@ -659,6 +677,7 @@ class Config(_Model):
     execution: ExecutionConfig = ExecutionConfig()
     output: OutputConfig = OutputConfig()
     privacy: PrivacyConfig | None = None  # off by default
+    robustness: RobustnessConfig = RobustnessConfig()
     _source: Path | None = PrivateAttr(default=None)  # the YAML file it was loaded from
 
     @property

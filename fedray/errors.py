@@ -14,3 +14,16 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """An invalid config file, key, type or value."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped a run after it wrote a checkpoint; ``exit_code`` is 128 + the
+    signal number (130, 143), as a shell reports it."""
+
+    def __init__(self, signum: int, round_: int, path):
+        self.signum, self.round, self.path = signum, round_, path
+        self.exit_code = 128 + signum
+        super().__init__(
+            f"stopped after round {round_} (checkpoint written); resume with: "
+            f"fedray run --resume {path}"
+        )

@@ -14,8 +14,14 @@ import fedray
 from fedray.config import apply_overrides, config_from_dict, load_config
 from fedray.errors import ConfigError
 from fedray.results.schema import NONDETERMINISTIC_COLUMNS
-from fedray.strategies import FedAsync, FedAvg, FedAvgM, StalenessWeight
-from fedray.strategies.fedbuff import UpdateBuffer
+from fedray.strategies import (
+    FedAsync,
+    FedAvg,
+    FedAvgM,
+    FedBuff,
+    RobustAggregation,
+    StalenessWeight,
+)
 from fedray.workloads import make_workload
 
 REPO = Path(__file__).parents[1]
@@ -37,8 +43,18 @@ def test_fedasync_check_vector():
     """α = 0.9, polynomial a = 1, staleness 2: α_t = 0.3; global 10 with client 2 gives 7.6."""
     strategy = FedAsync(alpha=0.9, staleness=StalenessWeight("polynomial", a=1.0))
     assert strategy.mixing_weight(2) == pytest.approx(0.3)
-    state = strategy.mix(strategy.init(np.array([10.0])), np.array([2.0]), staleness=2)
+    state = strategy.init(np.array([10.0]))
+    buffer = strategy.new_aggregate()
+    # the client started from 6.0 and moved by -4.0: its model is 2.0
+    strategy.arrival(buffer, np.array([-4.0], np.float32), 7, 2, np.array([6.0]), state.params)
+    state = strategy.server_step(state, buffer)
     assert state.params[0] == pytest.approx(7.6) and state.version == 1
+
+
+def _fedbuff(inner, k, staleness=None, weighting="uniform"):
+    return FedBuff(
+        inner, buffer_size=k, staleness=staleness or StalenessWeight(), weighting=weighting
+    )
 
 
 def test_fedbuff_step_matches_an_independent_reference():
@@ -46,45 +62,58 @@ def test_fedbuff_step_matches_an_independent_reference():
     x0 = rng.normal(size=5).astype(np.float32)
     deltas = rng.normal(size=(3, 5))
     stalenesses = [0, 3, 8]
-    buffer = UpdateBuffer(size=3, weighting="uniform")
+    strategy = _fedbuff(FedAvg(server_lr=0.7), 3)
+    state, buffer = strategy.init(x0), strategy.new_aggregate()
     for delta, tau in zip(deltas, stalenesses, strict=True):
-        buffer.add(delta, tau)
-    assert buffer.full
-    total, k = buffer.drain()
-    state = FedAvg(server_lr=0.7).apply(FedAvg().init(x0), total, k)
+        strategy.arrival(buffer, delta, 100, tau, x0, state.params)
+    assert buffer.count == strategy.buffer_size
+    state = strategy.server_step(state, buffer)
     # Nguyen et al. 2022, Alg. 1: x ← x + η_g · (1/K) Σ Δ_i / sqrt(1 + τ_i)
     expected = (
         x0 + 0.7 * sum(d / np.sqrt(1 + t) for d, t in zip(deltas, stalenesses, strict=True)) / 3
     )
     np.testing.assert_allclose(state.params, expected, rtol=1e-6)
-    assert len(buffer) == 0 and buffer.total is None
+
+
+def test_fedbuff_sample_weighting_is_a_weighted_mean_of_damped_updates():
+    deltas, n, taus = np.array([[1.0], [4.0]]), [10, 30], [0, 3]
+    strategy = _fedbuff(FedAvg(), 2, weighting="samples")
+    x0 = np.zeros(1, np.float32)
+    state, buffer = strategy.init(x0), strategy.new_aggregate()
+    for d, k, t in zip(deltas, n, taus, strict=True):
+        strategy.arrival(buffer, d, k, t, x0, x0)
+    state = strategy.server_step(state, buffer)
+    expected = (10 * 1.0 + 30 * 4.0 / 2.0) / 40  # Σ n s(τ) Δ / Σ n, s(3) = 1/2
+    np.testing.assert_allclose(state.params, [expected], rtol=1e-6)
 
 
 def test_fedbuff_with_k1_is_asynchronous_sgd_on_deltas():
     x = np.array([1.0, -2.0], dtype=np.float32)
     delta, tau, lr = np.array([0.5, 0.25]), 3, 0.1
-    buffer = UpdateBuffer(size=1, weighting="uniform")
-    buffer.add(delta, tau)
-    state = FedAvg(server_lr=lr).apply(FedAvg().init(x), *buffer.drain())
+    strategy = _fedbuff(FedAvg(server_lr=lr), 1)
+    buffer = strategy.new_aggregate()
+    strategy.arrival(buffer, delta, 5, tau, x, x)
+    state = strategy.server_step(strategy.init(x), buffer)
     np.testing.assert_allclose(state.params, x + lr * delta / np.sqrt(1 + tau), rtol=1e-6)
 
 
 def test_fedbuff_step_can_be_a_server_optimizer():
     """The buffered pseudo-gradient feeds FedAvgM like a sync round's average would."""
     x = np.zeros(2, dtype=np.float32)
-    buffer = UpdateBuffer(size=2, staleness=StalenessWeight("constant"), weighting="uniform")
-    buffer.add(np.array([1.0, 0.0]), 0)
-    buffer.add(np.array([0.0, 1.0]), 5)
-    strategy = FedAvgM(server_lr=1.0, momentum=0.9)
-    state = strategy.apply(strategy.init(x), *buffer.drain())
+    strategy = _fedbuff(FedAvgM(server_lr=1.0, momentum=0.9), 2, StalenessWeight("constant"))
+    buffer = strategy.new_aggregate()
+    strategy.arrival(buffer, np.array([1.0, 0.0]), 1, 0, x, x)
+    strategy.arrival(buffer, np.array([0.0, 1.0]), 1, 5, x, x)
+    state = strategy.server_step(strategy.init(x), buffer)
     np.testing.assert_allclose(state.params, [0.5, 0.5])
 
 
 def test_robust_buffers_keep_rows():
-    buffer = UpdateBuffer(size=2, keep_rows=True, staleness=StalenessWeight("constant"))
-    buffer.add(np.array([1.0]), 0)
-    buffer.add(np.array([3.0]), 1)
-    rows, weights = buffer.drain()
+    strategy = _fedbuff(RobustAggregation("median"), 2, StalenessWeight("constant"))
+    buffer = strategy.new_aggregate()
+    strategy.arrival(buffer, np.array([1.0]), 1, 0, np.zeros(1), np.zeros(1))
+    strategy.arrival(buffer, np.array([3.0]), 1, 1, np.zeros(1), np.zeros(1))
+    rows, weights = buffer.matrix()
     assert rows.shape == (2, 1) and list(weights) == [1.0, 1.0]
 
 

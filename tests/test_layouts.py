@@ -11,9 +11,9 @@ import torch
 import fedray.workloads as workloads
 from fedray.config import config_from_dict
 from fedray.execution.layout import FlatLayout, pack_upload, unpack_upload
-from fedray.execution.worker import ClientWorker, Task
+from fedray.execution.worker import PRIVATE, ClientWorker, GroupJob, Task
 from fedray.sim.links import Links
-from fedray.sim.sync_driver import per_row_sum
+from fedray.strategies.aggregate import Aggregate
 from fedray.training import TrainStats, flat_params
 from fedray.workloads.base import ClientData, ParameterLayout, Workload
 
@@ -82,10 +82,14 @@ class ToyRec(Workload):
         return {"loss": 0.0, "accuracy": 0.0}
 
 
-def toy_worker(monkeypatch, codec="none", leaky=False) -> ClientWorker:
+def toy_worker(monkeypatch, codec="none", leaky=False, **options) -> ClientWorker:
     monkeypatch.setattr(workloads, "make_workload", lambda cfg, seed: ToyRec(leaky))
-    cfg = config_from_dict({"compression": {"uplink": codec}})
-    return ClientWorker(cfg.workload, cfg.client, cfg.compression.uplink, seed=0)
+    cfg = config_from_dict({"compression": {"uplink": codec}, **options})
+    return ClientWorker(cfg)
+
+
+def run_tasks(worker, base, tasks, states=None):
+    return worker.run_group(GroupJob(0, 1, tasks, [{"params": base}], states or {}))
 
 
 def test_flat_layout_places_private_rows_and_shared_coordinates():
@@ -124,23 +128,24 @@ def test_worker_uploads_only_its_rows_and_keeps_private_parameters(monkeypatch, 
     flat = worker.flat
     base = flat_params(ToyModel())
     tasks = [Task(1, 2), Task(6, 2)]  # rows {1, 6} and {6, 11}: row 6 is shared
-    result = worker.run_group(base, 0, 1, tasks, mu=0.0, privates={6: np.full(3, -2.0)})
+    result = run_tasks(worker, base, tasks, {6: {PRIVATE: np.full(3, -2.0)}})
+    privates = {cid: state[PRIVATE] for cid, state in result.states.items()}
+    total, coverage = result.aggregate.total, result.aggregate.coverage
 
     # private parameters: trained from init_private (client 1) or the stored value (client 6),
     # returned to the driver, never part of the upload
-    assert set(result.privates) == {1, 6}
-    assert not np.allclose(result.privates[1], 0.2) and not np.allclose(result.privates[6], -2.0)
-    assert np.all(result.update_sum[flat.private_index] == 0)
+    assert set(privates) == {1, 6}
+    assert not np.allclose(privates[1], 0.2) and not np.allclose(privates[6], -2.0)
+    assert np.all(total[flat.private_index] == 0)
 
     # only touched rows (and the shared head) carry updates
-    table = result.update_sum[3:39].reshape(ITEMS, DIM)
+    table = total[3:39].reshape(ITEMS, DIM)
     touched = np.flatnonzero(np.abs(table).sum(axis=1))
     assert touched.tolist() == [1, 6, 11]
     # coverage: each row weighted by the clients that sent it, the head by everyone
-    cover = result.coverage[3:39].reshape(ITEMS, DIM)[:, 0]
+    cover = coverage[3:39].reshape(ITEMS, DIM)[:, 0]
     assert cover[[1, 6, 11]].tolist() == [4, 8, 4] and cover.sum() == 16
-    assert np.all(result.coverage[flat.shared_index] == 8)
-    assert result.num_rows.tolist() == [2, 2]
+    assert np.all(coverage[flat.shared_index] == 8)
 
     # the real wire length is what Links charges at dispatch
     cfg = config_from_dict({"compression": {"uplink": codec}})
@@ -171,7 +176,7 @@ def test_row_downloads_carry_ids_rows_and_shared_parameters_only():
 def test_training_outside_client_rows_is_caught(monkeypatch):
     worker = toy_worker(monkeypatch, leaky=True)
     with pytest.raises(RuntimeError, match="outside its client_rows"):
-        worker.run_group(flat_params(ToyModel()), 0, 1, [Task(1, 1)], mu=0.0)
+        run_tasks(worker, flat_params(ToyModel()), [Task(1, 1)])
 
 
 def test_per_row_sum_averages_each_row_over_its_senders():
@@ -180,24 +185,23 @@ def test_per_row_sum_averages_each_row_over_its_senders():
     update_sum = 1 * delta_a + 3 * delta_b
     coverage = np.array([1.0, 4.0, 4.0])
     weight_sum = 4.0
-    mean = per_row_sum(update_sum, coverage, weight_sum) / weight_sum
+    mean = Aggregate(total=update_sum, weight=weight_sum, coverage=coverage, count=2).mean()
     assert mean.tolist() == [1.0, (1 * 1 + 3 * 5) / 4, (1 + 3 * 2) / 4]
     # a row nobody sent stays put
-    assert per_row_sum(np.zeros(2), np.zeros(2), 4.0).tolist() == [0.0, 0.0]
+    nobody = Aggregate(total=np.zeros(2), weight=4.0, coverage=np.zeros(2), count=1)
+    assert nobody.mean().tolist() == [0.0, 0.0]
 
 
 def test_fedbuff_buffer_averages_rows_over_their_senders():
-    from fedray.sim.driver import per_row_sum
-    from fedray.strategies.fedbuff import UpdateBuffer
+    from fedray.strategies import FedAvg, FedBuff
     from fedray.strategies.staleness import StalenessWeight
 
-    buffer = UpdateBuffer(size=2, staleness=StalenessWeight("constant"))
-    buffer.add(np.array([1.0, 1.0, 0.0]), 0, num_samples=1, index=np.array([0, 1]))
-    buffer.add(np.array([0.0, 5.0, 2.0]), 0, num_samples=3, index=np.array([1, 2]))
-    total, mass, coverage = buffer.drain_with_coverage()
-    assert mass == 4.0 and coverage.tolist() == [1.0, 4.0, 3.0]
-    assert (per_row_sum(total, coverage, mass) / mass).tolist() == [1.0, 4.0, 2.0]
-    assert buffer.coverage is None  # drained
+    strategy = FedBuff(FedAvg(), buffer_size=2, staleness=StalenessWeight("constant"))
+    buffer, x = strategy.new_aggregate(), np.zeros(3)
+    strategy.arrival(buffer, np.array([1.0, 1.0, 0.0]), 1, 0, x, x, index=np.array([0, 1]))
+    strategy.arrival(buffer, np.array([0.0, 5.0, 2.0]), 3, 0, x, x, index=np.array([1, 2]))
+    assert buffer.weight == 4.0 and buffer.coverage.tolist() == [1.0, 4.0, 3.0]
+    assert buffer.mean().tolist() == [1.0, 4.0, 2.0]
 
 
 def kg_base(tmp_path) -> dict:
@@ -267,15 +271,26 @@ def test_a_diverged_client_is_a_one_line_user_error(monkeypatch, ray_session, tm
                 model.user[0] = float("nan")  # a private parameter: never uploaded, still caught
             return TrainStats(float("nan"), 1)
 
-    cfg = config_from_dict({})
+    cfg = config_from_dict({"robustness": {"nonfinite": "error"}})
     with monkeypatch.context() as patch:
         patch.setattr(workloads, "make_workload", lambda cfg, seed: Diverging())
-        worker = ClientWorker(cfg.workload, cfg.client, cfg.compression.uplink, seed=0)
+        worker = ClientWorker(cfg)
+        quarantining = ClientWorker(config_from_dict({}))
     with pytest.raises(UserError, match="diverged .* lower client.lr"):
-        worker.run_group(flat_params(ToyModel()), 0, 1, [Task(1, 1)], mu=0.0)
+        run_tasks(worker, flat_params(ToyModel()), [Task(1, 1)])
+    # by default the client is quarantined instead: no upload, no state kept
+    result = run_tasks(quarantining, flat_params(ToyModel()), [Task(1, 1)])
+    assert result.quarantined.tolist() == [True] and result.aggregate.count == 0
+    assert result.states == {}
     # raised on a pool actor, it reaches the caller as itself: one line, no remote traceback
     with pytest.raises(UserError) as caught:
-        kg_run(tmp_path, "diverged", 1, client={"lr": 1e30, "batch_size": 64})
+        kg_run(
+            tmp_path,
+            "diverged",
+            1,
+            client={"lr": 1e30, "batch_size": 64},
+            robustness={"nonfinite": "error"},
+        )
     assert "\n" not in str(caught.value) and "lower client.lr" in str(caught.value)
 
 
@@ -283,8 +298,7 @@ def test_the_data_cache_counts_each_entry_beyond_its_tensor_bytes(monkeypatch):
     from fedray.execution.worker import CACHE_ENTRY_OVERHEAD
 
     monkeypatch.setattr(workloads, "make_workload", lambda cfg, seed: ToyRec())
-    cfg = config_from_dict({})
-    worker = ClientWorker(cfg.workload, cfg.client, cfg.compression.uplink, 0, data_cache_mb=1)
+    worker = ClientWorker(config_from_dict({"execution": {"data_cache_mb": 1}}))
     for client in range(200):  # tiny clients (~50 B of tensors each)
         worker._data(client)
     # counted by tensor bytes alone, all 200 would stay; each costs kilobytes of heap in truth

@@ -17,9 +17,9 @@ from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
 import fedray
 from fedray.cli import main
-from fedray.config import config_from_dict
+from fedray.config import PrivacyConfig, config_from_dict
 from fedray.errors import ConfigError, UserError
-from fedray.execution.worker import ClientWorker, Task
+from fedray.execution.worker import ClientWorker, GroupJob, Task
 from fedray.privacy import Accountant, add_noise, clip, epsilon_after
 from fedray.results.schema import NONDETERMINISTIC_COLUMNS
 from fedray.strategies import FedAvg
@@ -34,36 +34,42 @@ def test_worker_clips_decoded_updates_and_weighs_each_client_once(vectorize):
     cfg = config_from_dict(
         {"workload": {"max_samples": 400, "eval_clients": 10}, "clients": {"num_clients": 40}}
     )
-    args = (cfg.workload, cfg.client, cfg.compression.uplink, 3, 16, vectorize)
-    plain = ClientWorker(*args)
+    cfg.seed, cfg.execution.data_cache_mb, cfg.execution.vectorize = 3, 16, vectorize
+    plain = ClientWorker(cfg)
     params = flat_params(plain.model)
     tasks = [Task(c, 1) for c in range(8)]
-    raw = plain.run_group(params, 0, 1, tasks, 0.0, presum=False).updates
+
+    def run(worker, per_client=False):
+        return worker.run_group(GroupJob(0, 1, tasks, [{"params": params}], per_client=per_client))
+
+    raw = run(plain, per_client=True).aggregate.matrix()[0]
     norms = np.linalg.norm(raw.astype(np.float64), axis=1)
     clip_norm = float(np.median(norms))
     over = norms > clip_norm
     assert 0 < over.sum() < len(tasks)  # some are clipped, some are not
 
     # Execute
-    worker = ClientWorker(*args, clip_norm=clip_norm)
-    each = worker.run_group(params, 0, 1, tasks, 0.0, presum=False)
-    summed = worker.run_group(params, 0, 1, tasks, 0.0)
+    private = cfg.model_copy(deep=True)
+    private.privacy = PrivacyConfig(clip_norm=clip_norm, noise_multiplier=1.0)
+    worker = ClientWorker(private)
+    each, summed = run(worker, per_client=True), run(worker)
+    updates = each.aggregate.matrix()[0]
 
     # Assert: every contribution within C; unclipped ones untouched, clipped ones scaled onto C.
-    clipped_norms = np.linalg.norm(each.updates.astype(np.float64), axis=1)
+    clipped_norms = np.linalg.norm(updates.astype(np.float64), axis=1)
     assert np.all(clipped_norms <= clip_norm * (1 + 1e-6))
-    np.testing.assert_array_equal(each.updates[~over], raw[~over])
+    np.testing.assert_array_equal(updates[~over], raw[~over])
     np.testing.assert_allclose(clipped_norms[over], clip_norm, rtol=1e-6)
     np.testing.assert_allclose(
-        each.updates[over], raw[over] * (clip_norm / norms[over, None]), rtol=1e-5, atol=1e-9
+        updates[over], raw[over] * (clip_norm / norms[over, None]), rtol=1e-5, atol=1e-9
     )
     assert each.num_clipped == summed.num_clipped == int(over.sum())
-    assert summed.weight_sum == len(tasks)  # weight 1 each, not n_k
-    np.testing.assert_allclose(summed.update_sum, each.updates.astype(np.float64).sum(0))
+    assert summed.aggregate.weight == len(tasks)  # weight 1 each, not n_k
+    np.testing.assert_allclose(summed.aggregate.total, updates.astype(np.float64).sum(0))
     # without clipping nothing is counted and the weights stay n_k
-    unclipped = plain.run_group(params, 0, 1, tasks, 0.0)
+    unclipped = run(plain)
     assert unclipped.num_clipped == 0
-    assert unclipped.weight_sum == unclipped.num_samples.sum() > len(tasks)
+    assert unclipped.aggregate.weight == unclipped.num_samples.sum() > len(tasks)
 
 
 def test_clip_is_a_no_op_within_the_norm_and_keeps_the_dtype():
@@ -234,13 +240,13 @@ def test_private_runs_account_clip_and_match_for_any_worker_count(
     small_config["clients"]["profile"] = {"dropout": 0.3}
     small_config["privacy"] = {"clip_norm": 0.3, "noise_multiplier": 1.1, "delta": 1e-4}
     seen = []
-    apply = FedAvg.apply
+    server_step = FedAvg.server_step
 
-    def spy(self, state, update_sum, weight_sum):
-        seen.append(weight_sum)
-        return apply(self, state, update_sum, weight_sum)
+    def spy(self, state, aggregate):
+        seen.append(aggregate.weight)
+        return server_step(self, state, aggregate)
 
-    monkeypatch.setattr(FedAvg, "apply", spy)
+    monkeypatch.setattr(FedAvg, "server_step", spy)
 
     def run(name, workers):
         cfg = {

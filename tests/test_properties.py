@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fedray.strategies import FedAvg
+from fedray.strategies.aggregate import Aggregate
 from fedray.strategies.robust import coordinate_median, trimmed_mean
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
@@ -35,7 +36,7 @@ def test_identical_client_models_are_what_fedavg_returns(global_params, sizes):
     w = (global_params + 1.5).astype(np.float32)
     n = np.array(sizes, dtype=np.float64)
     update_sum = ((w - global_params).astype(np.float64)[None, :] * n[:, None]).sum(axis=0)
-    new = FedAvg().apply(FedAvg().init(global_params), update_sum, n.sum())
+    new = FedAvg().server_step(FedAvg().init(global_params), Aggregate.of_sum(update_sum, n.sum()))
     np.testing.assert_allclose(new.params, w, rtol=1e-6, atol=1e-4)
 
 
@@ -45,5 +46,5 @@ def test_identical_client_models_are_what_fedavg_returns(global_params, sizes):
 )
 def test_zero_updates_leave_fedavg_unchanged(global_params, sizes):
     state = FedAvg(server_lr=0.7).init(global_params)
-    new = FedAvg(server_lr=0.7).apply(state, np.zeros(5), float(sum(sizes)))
+    new = FedAvg(server_lr=0.7).server_step(state, Aggregate.of_sum(np.zeros(5), float(sum(sizes))))
     np.testing.assert_array_equal(new.params, global_params)

@@ -7,6 +7,7 @@ import statistics
 import numpy as np
 import pytest
 
+from fedray.strategies.aggregate import Aggregate
 from fedray.strategies.robust import (
     RobustAggregation,
     coordinate_median,
@@ -146,9 +147,9 @@ def test_strategy_steps_with_the_rule_and_drops_zero_weight_rows():
     np.testing.assert_allclose(med.params, [1.0 + 0.1], rtol=1e-6)  # median of LINE, not of rows
     assert (stepped.version, med.version) == (1, 1)
     assert silent is state
-    assert not krum_half.linear and krum_half.client_mu == 0.0
-    with pytest.raises(TypeError, match="aggregate"):
-        krum_half.apply(state, np.zeros(1), 1.0)
+    assert krum_half.new_aggregate().keep_rows  # workers return every update
+    via_aggregate = median.server_step(state, Aggregate.of_rows(rows, weights))
+    np.testing.assert_array_equal(via_aggregate.params, med.params)
 
 
 @pytest.mark.parametrize(

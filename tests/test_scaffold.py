@@ -11,10 +11,12 @@ import fedray
 from fedray.clients.state_store import ClientStateStore
 from fedray.config import ClientTrainingConfig, config_from_dict
 from fedray.errors import ConfigError
-from fedray.execution.worker import ClientWorker, Task
+from fedray.execution.worker import ClientWorker, GroupJob, Task
 from fedray.results.schema import NONDETERMINISTIC_COLUMNS
 from fedray.sim.evaluation import initial_params
 from fedray.strategies import Scaffold, ScaffoldState, make_strategy
+from fedray.strategies.aggregate import Aggregate
+from fedray.strategies.scaffold import CONTROL
 from fedray.workloads import make_workload
 
 
@@ -26,19 +28,17 @@ def test_server_step_by_hand():
     update_sum = sum(n * d for n, d in dy.items())
 
     # Execute
-    new = Scaffold(server_lr=1.0).apply(
-        state, update_sum, 4.0, control_sum=dc[0] + dc[1], num_clients=3
-    )
-    half = Scaffold(server_lr=0.5).apply(
-        state, update_sum, 4.0, control_sum=dc[0] + dc[1], num_clients=3
-    )
+    summed = Aggregate.of_sum(update_sum, 4.0, control=dc[0] + dc[1])
+    new = Scaffold(num_clients=3, server_lr=1.0).server_step(state, summed)
+    half = Scaffold(num_clients=3, server_lr=0.5).server_step(state, summed)
 
     # Assert: x + η_g (0.2 − 1.2, 0.4) / 4 and c + (0.3, −0.6) / 3
     np.testing.assert_allclose(new.params, [0.75, 2.1], rtol=1e-6)
     np.testing.assert_allclose(half.params, [0.875, 2.05], rtol=1e-6)
     np.testing.assert_allclose(new.control, [0.6, -0.2], rtol=1e-12)
     assert new.version == 1
-    assert Scaffold().apply(state, update_sum, 0.0, control_sum=dc[0], num_clients=3) is state
+    nobody = Aggregate.of_sum(update_sum, 0.0, control=dc[0])
+    assert Scaffold(num_clients=3).server_step(state, nobody) is state
 
 
 def reference_round(x, c, clients, controls, *, lr, steps, server_lr, num_clients):
@@ -73,8 +73,10 @@ def test_a_round_equals_the_numpy_reference(vectorize):
     # full-batch step whatever the shuffle) and 2 epochs: K = 2 local steps. Client 3 has a
     # variate from an earlier round, client 8 has none yet (zeros).
     cfg = config_from_dict({"workload": {"name": "synthetic", "min_samples": 4, "max_samples": 6}})
-    client_cfg = ClientTrainingConfig(lr=0.1, batch_size=10, local_epochs=2)
-    worker = ClientWorker(cfg.workload, client_cfg, "none", 0, 0, vectorize=vectorize)
+    cfg.strategy.name, cfg.clients.num_clients = "scaffold", 10
+    cfg.client = ClientTrainingConfig(lr=0.1, batch_size=10, local_epochs=2)
+    cfg.execution.data_cache_mb, cfg.execution.vectorize = 0, vectorize
+    worker = ClientWorker(cfg)
     workload = make_workload(cfg.workload, 0)
     x = initial_params(workload, 0)
     rng = np.random.default_rng(1)
@@ -96,17 +98,11 @@ def test_a_round_equals_the_numpy_reference(vectorize):
     )
 
     # Execute
-    result = worker.run_group(
-        x, 0, 1, [Task(3, 2), Task(8, 2)], 0.0, control=c, client_controls=controls
-    )
-    strategy = Scaffold(server_lr=0.7)
-    state = strategy.apply(
-        ScaffoldState(x, c.astype(np.float64)),
-        result.update_sum,
-        result.weight_sum,
-        control_sum=result.control_sum,
-        num_clients=10,
-    )
+    states = {cid: {CONTROL: c_k} for cid, c_k in controls.items()}
+    job = GroupJob(0, 1, [Task(3, 2), Task(8, 2)], [{"params": x, "control": c}], states)
+    result = worker.run_group(job)
+    strategy = Scaffold(num_clients=10, server_lr=0.7)
+    state = strategy.server_step(ScaffoldState(x, c.astype(np.float64)), result.aggregate)
 
     # Assert
     np.testing.assert_array_equal(result.steps, [2, 2])
@@ -114,7 +110,9 @@ def test_a_round_equals_the_numpy_reference(vectorize):
     np.testing.assert_allclose(state.params, x_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(state.control, c_ref, rtol=1e-4, atol=1e-6)
     for cid in (3, 8):
-        np.testing.assert_allclose(result.controls[cid], controls_ref[cid], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            result.states[cid][CONTROL], controls_ref[cid], rtol=1e-4, atol=1e-5
+        )
     assert np.abs(state.params - x).max() > 1e-2 and np.abs(state.control - c).max() > 1e-3
 
 
@@ -201,8 +199,8 @@ def test_scaffold_beats_fedavg_on_non_iid_synthetic(ray_session, small_config):
 
 
 def test_scaffold_is_a_synchronous_strategy_with_server_lr_only():
-    assert (
-        make_strategy(config_from_dict({"strategy": {"name": "scaffold"}}).strategy) == Scaffold()
+    assert make_strategy(config_from_dict({"strategy": {"name": "scaffold"}})) == Scaffold(
+        num_clients=1000
     )
     with pytest.raises(ConfigError, match="scaffold.s control variates assume synchronous rounds"):
         config_from_dict({"mode": "async", "strategy": {"name": "scaffold"}})

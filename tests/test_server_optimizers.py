@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedray.strategies.aggregate import Aggregate
 from fedray.strategies.fedavg import FedAvg
 from fedray.strategies.fedavgm import FedAvgM
 from fedray.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
@@ -16,7 +17,11 @@ def run_rounds(strategy, x0, rounds):
     """Apply (update_sum, weight_sum) pairs in order; returns every state, the initial one first."""
     states = [strategy.init(np.asarray(x0, dtype=np.float32))]
     for update_sum, weight_sum in rounds:
-        states.append(strategy.apply(states[-1], np.asarray(update_sum, float), weight_sum))
+        states.append(
+            strategy.server_step(
+                states[-1], Aggregate.of_sum(np.asarray(update_sum, float), weight_sum)
+            )
+        )
     return states
 
 
@@ -57,8 +62,8 @@ def test_fedavgm_no_reports_keeps_state_and_does_not_mutate():
     state = run_rounds(strategy, [1.0, 2.0], [([1.0, 1.0], 2.0)])[-1]
     params, velocity = state.params.copy(), state.velocity.copy()
     # Execute
-    same = strategy.apply(state, np.zeros(2), 0.0)
-    strategy.apply(state, np.ones(2), 1.0)
+    same = strategy.server_step(state, Aggregate.of_sum(np.zeros(2), 0.0))
+    strategy.server_step(state, Aggregate.of_sum(np.ones(2), 1.0))
     # Assert
     assert same is state
     np.testing.assert_array_equal(state.params, params)
@@ -80,7 +85,10 @@ def test_fedadagrad_check_vector():
     corrected = FedAdagrad(server_lr=0.1, tau=0.5, initial_accumulator=0.0, bias_correction=True)
     paper = FedAdagrad(server_lr=0.1, tau=0.5)
     # Execute
-    steps = [s.apply(s.init(x0), np.array([update_sum]), 2.0) for s in (flower, corrected, paper)]
+    steps = [
+        s.server_step(s.init(x0), Aggregate.of_sum(np.array([update_sum]), 2.0))
+        for s in (flower, corrected, paper)
+    ]
     # Assert
     np.testing.assert_allclose(steps[0].params, [0.15], rtol=1e-6)
     np.testing.assert_allclose(steps[1].params, [0.15], rtol=1e-6)
@@ -134,8 +142,8 @@ def test_bias_correction_first_step(rule):
     plain, corrected = (VARIANTS[rule](**options, bias_correction=bc) for bc in (False, True))
     x0 = np.zeros(2, dtype=np.float32)
     # Execute
-    x_plain = plain.apply(plain.init(x0), delta, 1.0).params
-    x_corr = corrected.apply(corrected.init(x0), delta, 1.0).params
+    x_plain = plain.server_step(plain.init(x0), Aggregate.of_sum(delta, 1.0)).params
+    x_corr = corrected.server_step(corrected.init(x0), Aggregate.of_sum(delta, 1.0)).params
     # Assert: corrected, m̂1 = Δ and v̂1 = Δ² for every variant (Adagrad's v1 = Δ² needs none)
     np.testing.assert_allclose(x_corr, eta * delta / (np.abs(delta) + tau), rtol=1e-6)
     # uncorrected: m1 = 0.1 Δ; v1 = Δ² for Adagrad, 0.01 Δ² for Adam and Yogi
@@ -197,8 +205,8 @@ def test_fedopt_no_reports_keeps_state_and_does_not_mutate(rule):
     state = run_rounds(strategy, [1.0, -1.0], [([0.3, -0.2], 2.0)])[-1]
     saved = (state.params.copy(), state.m.copy(), state.v.copy())
     # Execute
-    same = strategy.apply(state, np.zeros(2), 0.0)
-    strategy.apply(state, np.array([1.0, 1.0]), 1.0)
+    same = strategy.server_step(state, Aggregate.of_sum(np.zeros(2), 0.0))
+    strategy.server_step(state, Aggregate.of_sum(np.array([1.0, 1.0]), 1.0))
     # Assert
     assert same is state and same.version == 1
     for before, after in zip(saved, (state.params, state.m, state.v), strict=True):
@@ -222,7 +230,7 @@ def test_fedopt_rejects_bad_options(options, message):
 
 def test_fedopt_defaults_and_bare_base():
     assert FedYogi().init(np.zeros(3)).v.tolist() == [1e-6] * 3  # v_{-1} = τ² by default
-    assert FedAdam().linear and FedAdam().client_mu == 0.0
+    assert not FedAdam().new_aggregate().keep_rows  # a sum: workers pre-sum
     with pytest.raises(TypeError, match="FedAdagrad, FedAdam or FedYogi"):
         FedOpt()
     with pytest.raises(ValueError, match="momentum must be in"):

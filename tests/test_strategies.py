@@ -8,9 +8,10 @@ import torch
 
 from fedray import seeding
 from fedray.config import config_from_dict
-from fedray.execution.worker import ClientWorker, Task
+from fedray.execution.worker import ClientWorker, GroupJob, Task
 from fedray.sim.evaluation import initial_params
 from fedray.strategies import FedAvg, FedProx
+from fedray.strategies.aggregate import Aggregate
 from fedray.training import flat_params, load_flat_params, local_sgd
 
 
@@ -20,7 +21,7 @@ def test_fedavg_golden_vector():
     state = strategy.init(np.array([1.0, 0.0], dtype=np.float32))
     update_sum = 1 * np.array([1.0, 2.0]) + 3 * np.array([-2.0, 2.0])
     # Execute
-    new = strategy.apply(state, update_sum, 4.0)
+    new = strategy.server_step(state, Aggregate.of_sum(update_sum, 4.0))
     # Assert: x + mean update = [1 + (1 - 6)/4, 0 + 8/4]
     np.testing.assert_allclose(new.params, [-0.25, 2.0])
     assert new.version == 1
@@ -32,9 +33,11 @@ def test_fedavg_equals_weighted_average_of_models_and_server_lr_scales():
     models = rng.normal(size=(4, 5))
     n = np.array([3.0, 1.0, 7.0, 2.0])
     update_sum = ((models - x) * n[:, None]).sum(axis=0)
-    avg = FedAvg().apply(FedAvg().init(x), update_sum, n.sum())
+    avg = FedAvg().server_step(FedAvg().init(x), Aggregate.of_sum(update_sum, n.sum()))
     np.testing.assert_allclose(avg.params, np.average(models, axis=0, weights=n), rtol=1e-6)
-    half = FedAvg(server_lr=0.5).apply(FedAvg().init(x), update_sum, n.sum())
+    half = FedAvg(server_lr=0.5).server_step(
+        FedAvg().init(x), Aggregate.of_sum(update_sum, n.sum())
+    )
     np.testing.assert_allclose(
         half.params, x + 0.5 * (np.average(models, axis=0, weights=n) - x), rtol=1e-6
     )
@@ -42,7 +45,7 @@ def test_fedavg_equals_weighted_average_of_models_and_server_lr_scales():
 
 def test_no_reports_keeps_the_model():
     state = FedProx(mu=0.1).init(np.ones(3, dtype=np.float32))
-    assert FedProx(mu=0.1).apply(state, np.zeros(3), 0.0) is state
+    assert FedProx(mu=0.1).server_step(state, Aggregate.of_sum(np.zeros(3), 0.0)) is state
 
 
 def numpy_local_sgd(w, b, x, y, *, epochs, lr, batch_size, mu, rng):
@@ -111,13 +114,14 @@ def test_worker_presum_equals_fedavg_of_independent_clients():
     # can be chaotic (a 1e-7 nudge of client 11's start moves its model by 1e-2), so batched
     # training, which rounds differently, is compared where that cannot happen
     # (tests/test_vectorized.py). The start is seeded, so the test is the same in any order.
-    worker = ClientWorker(cfg.workload, cfg.client, cfg.compression.uplink, seed=5, vectorize="off")
+    cfg.seed, cfg.execution.vectorize = 5, "off"
+    worker = ClientWorker(cfg)
     global_params = initial_params(worker.workload, 5)
     handed_in = global_params.copy()  # as a worker receives it from the object store: read-only
     handed_in.setflags(write=False)
     tasks = [Task(3, 2), Task(11, 2), Task(7, 1)]
-    result = worker.run_group(handed_in, 0, round_=4, tasks=tasks, mu=0.0)
-    new = FedAvg().apply(FedAvg().init(global_params), result.update_sum, result.weight_sum)
+    result = worker.run_group(GroupJob(0, 4, tasks, [{"params": handed_in}]))
+    new = FedAvg().server_step(FedAvg().init(global_params), result.aggregate)
 
     models, weights = [], []
     for task in tasks:  # independent reference: train each client alone, then np.average

@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 import fedray
-from fedray.config import ClientTrainingConfig, CodecConfig, config_from_dict
+from fedray.config import config_from_dict
 from fedray.errors import ConfigError, UserError
 from fedray.execution import batched
 from fedray.execution.batched import dense_shapes, resolve_mode
-from fedray.execution.worker import ClientWorker, Task
+from fedray.execution.transforms import RESIDUAL
+from fedray.execution.worker import ClientWorker, GroupJob, Task
 from fedray.results.schema import NONDETERMINISTIC_COLUMNS
 from fedray.sim.evaluation import initial_params
 from fedray.workloads import make_workload
@@ -45,27 +46,40 @@ def test_a_vectorized_group_equals_client_by_client_training(model, codec, mu):
     # Prepare: clients of very different sizes, with 1-3 epochs as the partial policy gives them,
     # some carrying an error-feedback residual from an earlier round.
     workload_cfg = synthetic_cfg(model=model, hidden=12, max_samples=400)
-    client_cfg = ClientTrainingConfig(lr=0.05, batch_size=8, local_epochs=3)
-    args = (workload_cfg, client_cfg, CodecConfig(**codec), 5, 0)
-    sequential = ClientWorker(*args, vectorize="off")
-    vectorized = ClientWorker(*args, vectorize="on")
+
+    def worker(vectorize):
+        cfg = config_from_dict(
+            {
+                "seed": 5,
+                "workload": workload_cfg.model_dump(),
+                "strategy": {"name": "fedprox", "mu": mu},
+                "client": {"lr": 0.05, "batch_size": 8, "local_epochs": 3},
+                "compression": {"uplink": codec},
+                "execution": {"data_cache_mb": 0, "vectorize": vectorize},
+            }
+        )
+        return ClientWorker(cfg)
+
+    sequential, vectorized = worker("off"), worker("on")
     assert vectorized.vectorized and not sequential.vectorized
     start = initial_params(Synthetic(workload_cfg, 5), 5)  # seeded, so the test is repeatable
     tasks = [Task(c, e) for c, e in [(3, 3), (8, 1), (11, 2), (19, 3), (23, 1), (31, 2)]]
     sizes = Synthetic(workload_cfg, 5).num_train_samples([t.client_id for t in tasks])
     assert len(set(sizes.tolist())) == len(tasks)
-    residuals = None
+    states = {}
     if codec.get("error_feedback"):
         rng = np.random.default_rng(0)
-        residuals = {
-            3: rng.normal(0, 0.01, start.size).astype(np.float32),
-            19: np.zeros_like(start),
+        states = {
+            3: {RESIDUAL: rng.normal(0, 0.01, start.size).astype(np.float32)},
+            19: {RESIDUAL: np.zeros_like(start)},
         }
 
     # Execute
-    seq = sequential.run_group(start, 0, 2, tasks, mu, residuals)
-    vec = vectorized.run_group(start, 0, 2, tasks, mu, residuals)
-    rows = ClientWorker(*args, vectorize="on").run_group(start, 0, 2, tasks, mu, residuals, False)
+    job = GroupJob(0, 2, tasks, [{"params": start}], states)
+    seq, vec = sequential.run_group(job), vectorized.run_group(job)
+    rows = worker("on").run_group(
+        GroupJob(0, 2, tasks, [{"params": start}], states, per_client=True)
+    )
 
     # Assert: same clients, steps and bytes exactly; updates, losses and residuals to float
     # tolerance (fp16 may round a last bit differently: one fp16 ulp is ~1e-3 relative).
@@ -73,19 +87,17 @@ def test_a_vectorized_group_equals_client_by_client_training(model, codec, mu):
     np.testing.assert_array_equal(vec.steps, seq.steps)
     np.testing.assert_array_equal(vec.num_samples, sizes)
     np.testing.assert_array_equal(vec.bytes_up, seq.bytes_up)
-    assert vec.weight_sum == seq.weight_sum
-    assert np.abs(seq.update_sum).max() > 1.0  # the clients really moved
-    np.testing.assert_allclose(vec.update_sum, seq.update_sum, rtol=2e-3, atol=1e-3)
+    vec_sum, seq_sum = vec.aggregate.total, seq.aggregate.total
+    assert vec.aggregate.weight == seq.aggregate.weight
+    assert np.abs(seq_sum).max() > 1.0  # the clients really moved
+    np.testing.assert_allclose(vec_sum, seq_sum, rtol=2e-3, atol=1e-3)
     np.testing.assert_allclose(vec.train_loss, seq.train_loss, rtol=1e-5)
-    assert (
-        sorted(vec.residuals)
-        == sorted(seq.residuals)
-        == ([3, 8, 11, 19, 23, 31] if residuals else [])
-    )
-    for cid in vec.residuals:
-        np.testing.assert_allclose(vec.residuals[cid], seq.residuals[cid], atol=1e-4)
-    weighted = (rows.updates.astype(np.float64) * sizes[:, None]).sum(0)
-    np.testing.assert_allclose(weighted, vec.update_sum, rtol=1e-6, atol=1e-6)
+    assert sorted(vec.states) == sorted(seq.states) == ([3, 8, 11, 19, 23, 31] if states else [])
+    for cid in vec.states:
+        np.testing.assert_allclose(vec.states[cid][RESIDUAL], seq.states[cid][RESIDUAL], atol=1e-4)
+    updates, _ = rows.aggregate.matrix()
+    weighted = (updates.astype(np.float64) * sizes[:, None]).sum(0)
+    np.testing.assert_allclose(weighted, vec_sum, rtol=1e-6, atol=1e-6)
 
 
 def _torch_sgd(x, y, start, *, seed, epochs, lr, batch_size):

@@ -126,15 +126,27 @@ class ClientStateStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _key(self, client_id) -> int:
+    def _key(self, client_id):
+        """A client id, or a (client id, entry name) pair (:class:`ClientStates`)."""
         if self._closed:
             raise RuntimeError("this ClientStateStore is closed")
+        name = None
+        if isinstance(client_id, tuple) and len(client_id) == 2:
+            client_id, name = client_id
+            if not isinstance(name, str) or not name.replace(".", "").replace("_", "").isalnum():
+                raise ValueError(f"client-state names are dotted identifiers, got {name!r}")
         if not isinstance(client_id, numbers.Integral) or isinstance(client_id, bool):
             raise TypeError(f"client ids are integers, got {client_id!r}")
-        return int(client_id)
+        return int(client_id) if name is None else (int(client_id), name)
 
-    def _path(self, key: int) -> Path:
+    def _path(self, key) -> Path:
+        if isinstance(key, tuple):
+            return self._spill_dir / f"{key[0]}.{key[1]}.npy"
         return self._spill_dir / f"{key}.npy"
+
+    def keys(self) -> list:
+        """Every key that has state, sorted."""
+        return sorted(self._ids, key=lambda k: (k, "") if isinstance(k, int) else k)
 
     def _forget(self, key: int) -> None:
         old = self._memory.pop(key, None)
@@ -165,9 +177,64 @@ class ClientStateStore:
         elif not self._on_disk:  # first spill into a given directory
             self._spill_dir.mkdir(parents=True, exist_ok=True)
         final = self._path(key)
-        temp = final.with_name(f".{key}.npy.tmp")
+        temp = final.with_name(f".{final.name}.tmp")
         # No fsync: spill files only need to outlive this process's reads, not a power cut.
         with open(temp, "wb") as f:
             np.save(f, array, allow_pickle=False)
         os.replace(temp, final)
         self._on_disk.add(key)
+
+
+class ClientStates:
+    """Everything clients remember between tasks, keyed by (client, name): error-feedback
+    residuals (``ef.residual``), private parameters (``private``), SCAFFOLD's control variates
+    (``scaffold.control``), ... One bounded :class:`ClientStateStore` holds them all, so one
+    budget (``execution.client_state_mb``) and one checkpoint cover every feature."""
+
+    def __init__(self, budget_bytes: int, spill_dir: str | os.PathLike | None = None):
+        self.store = ClientStateStore(budget_bytes, spill_dir)
+        self.names: set[str] = set()  # entry names ever stored
+
+    def get(self, client_id: int, name: str) -> np.ndarray | None:
+        return self.store.get((client_id, name)) if name in self.names else None
+
+    def of(self, client_id: int) -> dict[str, np.ndarray]:
+        """All of a client's entries (empty on its first task)."""
+        return {
+            n: a for n in sorted(self.names) if (a := self.store.get((client_id, n))) is not None
+        }
+
+    def bundle(self, client_ids) -> dict[int, dict[str, np.ndarray]]:
+        """The entries of those of ``client_ids`` that have any, to ship with a job."""
+        if not self.names:
+            return {}
+        return {int(c): s for c in client_ids if (s := self.of(int(c)))}
+
+    def update(self, states: dict[int, dict[str, np.ndarray]]) -> None:
+        """Store a job's new entries (in sorted order: eviction never depends on arrival)."""
+        for cid in sorted(states):
+            for name in sorted(states[cid]):
+                self.names.add(name)
+                self.store.put((cid, name), states[cid][name])
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def save(self, path: Path) -> None:
+        """Write every entry to one ``.npz`` (no pickles), atomically (temp file + rename)."""
+        arrays = {f"{cid}/{name}": self.store.get((cid, name)) for cid, name in self.store.keys()}
+        temp = path.with_name(f".{path.name}.tmp")
+        with open(temp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(temp, path)
+
+    def load(self, path: Path) -> None:
+        """Replace the entries with those :meth:`save` wrote."""
+        with np.load(path, allow_pickle=False) as saved:
+            for key in saved.files:
+                cid, name = key.split("/", 1)
+                self.names.add(name)
+                self.store.put((int(cid), name), saved[key])
+
+    def close(self) -> None:
+        self.store.close()

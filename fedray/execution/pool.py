@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import ray
 
 from fedray.errors import UserError
-from fedray.execution.worker import ClientWorker, GroupResult, Task
+from fedray.execution.worker import ClientWorker, GroupJob, GroupResult
 
 log = logging.getLogger(__name__)
 _IN_FLIGHT_PER_ACTOR = 2
@@ -38,17 +39,22 @@ def default_num_workers(cpus_per_worker: float, gpus_per_worker: float) -> int:
     return max(1, by_cpu)
 
 
-class WorkerPool:
-    """A fixed-size set of :class:`ClientWorker` actors."""
+@dataclass
+class _Ticket:
+    """A submitted job: where it runs, what it costs, how often it was retried."""
 
-    def __init__(
-        self,
-        num_workers: int,
-        *,
-        cpus_per_worker: float,
-        gpus_per_worker: float,
-        worker_args: tuple,
-    ):
+    job: GroupJob
+    cost: float
+    slot: int = -1
+    ref: ray.ObjectRef | None = None
+    retries: int = 0
+    counted: bool = True  # its cost still counts as its actor's outstanding work
+
+
+class WorkerPool:
+    """A fixed-size set of :class:`ClientWorker` actors, all built from one run config."""
+
+    def __init__(self, num_workers: int, *, cpus_per_worker: float, gpus_per_worker: float, cfg):
         resources = ray.cluster_resources()
         if cpus_per_worker > resources.get("CPU", 0):
             raise UserError(
@@ -58,12 +64,12 @@ class WorkerPool:
         self._remote = ray.remote(ClientWorker).options(
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker
         )
-        self._args = worker_args
-        self.actors = [self._remote.remote(*worker_args) for _ in range(num_workers)]
-        # Calls made through submit()/fetch(): ticket -> [ref, slot, args, cost, retries].
-        self._tickets: dict[int, list] = {}
-        self._outstanding = [0.0] * num_workers
+        self._cfg = cfg
+        self.actors = [self._remote.remote(cfg) for _ in range(num_workers)]
+        self._outstanding = [0.0] * num_workers  # estimated cost of each actor's queued jobs
+        self._tickets: dict[int, _Ticket] = {}  # jobs submitted and not yet fetched
         self._next_ticket = 0
+        self.restarts = 0  # actors replaced after dying
 
     @property
     def size(self) -> int:
@@ -72,149 +78,107 @@ class WorkerPool:
     def wait_ready(self) -> None:
         ray.get([a.ready.remote() for a in self.actors])
 
-    def run_groups(
-        self,
-        params_ref,
-        round_: int,
-        groups: Sequence[list[Task]],
-        costs: Sequence[float],
-        mu: float,
-        residuals: Sequence[dict | None] | None = None,
-        presum: bool = True,
-        extras: Sequence[dict] | None = None,
-    ) -> list[GroupResult]:
-        """Train every group against the model behind ``params_ref``; results in group order.
-        ``extras`` holds per group the keyword arguments of :meth:`ClientWorker.run_group`
-        beyond the positional ones (SCAFFOLD's ``control`` and ``client_controls``, the
-        clients' ``privates``)."""
+    def worker_pids(self) -> list[int]:
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    # -- submitting and fetching ----------------------------------------------------------
+
+    def submit(self, job: GroupJob, cost: float = 1.0, slot: int | None = None) -> int:
+        """Queue ``job`` (on the actor with the least outstanding work, or on ``slot``) and
+        return a ticket for :meth:`fetch`. Calls run as soon as an actor is free, so any number
+        of jobs train concurrently while the caller consumes results in its own order."""
+        self._settle()
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        entry = _Ticket(job, max(float(cost), 1e-9))  # > 0 marks it as outstanding
+        self._tickets[ticket] = entry
+        self._start(entry, int(np.argmin(self._outstanding)) if slot is None else slot)
+        return ticket
+
+    def _start(self, entry: _Ticket, slot: int) -> None:
+        entry.slot, entry.counted = slot, True
+        entry.ref = self.actors[slot].run_group.remote(entry.job)
+        self._outstanding[slot] += entry.cost
+
+    def _settle(self) -> None:
+        """Stop counting finished calls as outstanding work."""
+        live = {e.ref: e for e in self._tickets.values() if e.counted}
+        if live:
+            done, _ = ray.wait(list(live), num_returns=len(live), timeout=0)
+            for ref in done:
+                self._uncount(live[ref])
+
+    def _uncount(self, entry: _Ticket) -> None:
+        if entry.counted:
+            self._outstanding[entry.slot] -= entry.cost
+            entry.counted = False
+
+    def done(self, ticket: int) -> bool:
+        """Whether a submitted job's result is ready (never blocks)."""
+        ready, _ = ray.wait([self._tickets[ticket].ref], num_returns=1, timeout=0)
+        return bool(ready)
+
+    def fetch(self, ticket: int) -> GroupResult:
+        """The result of a submitted job (blocking). An actor that died is replaced and every
+        job it held is resubmitted to its successor: the results are the same, since a job's
+        outcome depends only on the job."""
+        while True:
+            entry = self._tickets[ticket]
+            try:
+                result = _get(entry.ref)
+            except ray.exceptions.RayActorError as err:
+                self._restart(entry.slot, err)
+                continue
+            self._uncount(self._tickets.pop(ticket))
+            return result
+
+    def _restart(self, slot: int, err: Exception) -> None:
+        self.restarts += 1
+        log.warning("worker %d died (%s); replacing it and retrying its jobs", slot, err)
+        self.actors[slot] = self._remote.remote(self._cfg)
+        self._outstanding[slot] = 0.0
+        for entry in self._tickets.values():
+            if entry.slot == slot:
+                entry.retries += 1
+                if entry.retries > _MAX_RETRIES:
+                    raise RuntimeError(f"a job failed {_MAX_RETRIES} times: {err}") from err
+                self._start(entry, slot)
+
+    # -- a whole round --------------------------------------------------------------------
+
+    def run_groups(self, jobs: Sequence[GroupJob], costs: Sequence[float]) -> list[GroupResult]:
+        """Run every job; results in job order, whatever order they finished in.
+
+        Jobs are handed out largest first to the least-loaded actor with room, and a second
+        call is queued (hiding the round trip) only on an actor that has the least outstanding
+        work: queued behind a long job it would wait while another actor ran dry — measured at
+        K=100, one actor busy 2.1 s and the other 0.8 s of a 2.4 s run."""
         pending = [int(i) for i in np.argsort(-np.asarray(costs, dtype=np.float64), kind="stable")]
-        results: list[GroupResult | None] = [None] * len(groups)
-        retries = [0] * len(groups)
-        in_flight: dict[ray.ObjectRef, tuple[int, int]] = {}  # ref -> (group, actor slot)
+        tickets: dict[int, int] = {}  # job position -> ticket
         load = [0] * len(self.actors)
-        outstanding = [0.0] * len(self.actors)  # estimated cost of each actor's queued groups
-        cost = [max(float(c), 1e-9) for c in costs]
-
-        def submit(slot: int) -> None:
-            group = pending.pop(0)
-            state = residuals[group] if residuals is not None else None
-            extra = extras[group] if extras is not None else {}
-            ref = self.actors[slot].run_group.remote(
-                params_ref, group, round_, groups[group], mu, state, presum, **extra
-            )
-            in_flight[ref] = (group, slot)
-            load[slot] += 1
-            outstanding[slot] += cost[group]
-
-        while pending or in_flight:
-            # Largest group first to the least-loaded actor with room. A second call is queued
-            # (hiding the round trip) only on an actor that has the least outstanding work:
-            # queued behind a long group it would wait while another actor ran dry — measured
-            # at K=100, one actor busy 2.1 s and the other 0.8 s of a 2.4 s run.
+        results: list[GroupResult | None] = [None] * len(jobs)
+        while pending or tickets:
             while pending:
                 room = [s for s in range(len(self.actors)) if load[s] < _IN_FLIGHT_PER_ACTOR]
                 if not room:
                     break
-                slot = min(room, key=lambda s: (outstanding[s], s))
-                if load[slot] and outstanding[slot] > min(outstanding):
+                slot = min(room, key=lambda s: (self._outstanding[s], s))
+                if load[slot] and self._outstanding[slot] > min(self._outstanding):
                     break
-                submit(slot)
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            group, slot = in_flight.pop(done[0])
+                position = pending.pop(0)
+                tickets[position] = self.submit(jobs[position], costs[position], slot=slot)
+                load[slot] += 1
+            by_ref = {self._tickets[t].ref: p for p, t in tickets.items()}
+            ready, _ = ray.wait(list(by_ref), num_returns=1)
+            position = by_ref[ready[0]]
+            ticket = tickets.pop(position)
+            slot = self._tickets[ticket].slot
+            restarts = self.restarts
+            results[position] = self.fetch(ticket)
             load[slot] -= 1
-            outstanding[slot] -= cost[group]
-            try:
-                results[group] = _get(done[0])
-            except ray.exceptions.RayActorError as err:
-                retries[group] += 1
-                if retries[group] > _MAX_RETRIES:
-                    raise RuntimeError(f"group {group} failed {_MAX_RETRIES} times: {err}") from err
-                log.warning(
-                    "worker %d died (%s); replacing it and retrying group %d", slot, err, group
-                )
-                self._replace(slot, in_flight, pending)
-                pending.insert(0, group)
-                load[slot], outstanding[slot] = 0, 0.0
+            if self.restarts != restarts:  # the actor was replaced; its queue was resubmitted
+                load[slot] = sum(self._tickets[t].slot == slot for t in tickets.values())
         return results  # type: ignore[return-value]
-
-    # -- one group at a time (asynchronous runs) ---------------------------------------------
-
-    def submit(
-        self,
-        params,
-        round_: int,
-        tasks: list[Task],
-        mu: float,
-        residuals=None,
-        cost=1.0,
-        extras: dict | None = None,
-    ):
-        """Queue one group (never pre-summed) on the actor with the least outstanding work and
-        return a ticket for :meth:`fetch`. ``params`` is a model or a list of object refs that
-        tasks index with ``Task.model``; ``extras`` are further keyword arguments of
-        :meth:`ClientWorker.run_group` (e.g. ``privates``). Calls run as soon as an actor is free, so any number of
-        groups train concurrently while the caller consumes results in its own order."""
-        cost = max(float(cost), 1e-9)  # > 0 marks a call still counted as outstanding
-        self._settle()
-        slot = int(np.argmin(self._outstanding))
-        args = (params, self._next_ticket, round_, tasks, mu, residuals, False)
-        kwargs = extras or {}
-        ref = self.actors[slot].run_group.remote(*args, **kwargs)
-        self._tickets[self._next_ticket] = [ref, slot, (args, kwargs), cost, 0]
-        self._outstanding[slot] += cost
-        self._next_ticket += 1
-        return self._next_ticket - 1
-
-    def _settle(self) -> None:
-        """Stop counting finished calls as outstanding work."""
-        live = {e[0]: t for t, e in self._tickets.items() if e[3] > 0}
-        if live:
-            done, _ = ray.wait(list(live), num_returns=len(live), timeout=0)
-            for ref in done:
-                entry = self._tickets[live[ref]]
-                self._outstanding[entry[1]] -= entry[3]
-                entry[3] = 0.0
-
-    def done(self, ticket: int) -> bool:
-        """Whether a submitted group's result is ready (never blocks)."""
-        ready, _ = ray.wait([self._tickets[ticket][0]], num_returns=1, timeout=0)
-        return bool(ready)
-
-    def fetch(self, ticket: int) -> GroupResult:
-        """The result of a submitted group (blocking); a dead actor is replaced and its groups
-        are resubmitted."""
-        while True:
-            ref, slot = self._tickets[ticket][:2]
-            try:
-                result = _get(ref)
-            except ray.exceptions.RayActorError as err:
-                entry = self._tickets[ticket]
-                entry[4] += 1
-                if entry[4] > _MAX_RETRIES:
-                    raise RuntimeError(f"group failed {_MAX_RETRIES} times: {err}") from err
-                log.warning("worker %d died (%s); replacing it and retrying its groups", slot, err)
-                self._resubmit(slot)
-                continue
-            entry = self._tickets.pop(ticket)
-            self._outstanding[entry[1]] -= entry[3]
-            return result
-
-    def _resubmit(self, slot: int) -> None:
-        self.actors[slot] = self._remote.remote(*self._args)
-        self._outstanding[slot] = 0.0
-        for entry in self._tickets.values():
-            if entry[1] == slot:
-                args, kwargs = entry[2]
-                entry[0] = self.actors[slot].run_group.remote(*args, **kwargs)
-                self._outstanding[slot] += entry[3]
-
-    def _replace(self, slot: int, in_flight: dict, pending: list[int]) -> None:
-        # Other calls queued on the dead actor fail too; requeue them now rather than wait.
-        for ref, (group, s) in list(in_flight.items()):
-            if s == slot:
-                del in_flight[ref]
-                pending.insert(0, group)
-        self.actors[slot] = self._remote.remote(*self._args)
 
     def shutdown(self) -> None:
         for actor in self.actors:

@@ -24,6 +24,9 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("num_dropped", pa.int64()),
         pa.field("num_stragglers", pa.int64()),
         pa.field("num_stale", pa.int64()),
+        # clients whose update was poisoned (NaN/inf, or above robustness.max_update_norm) and
+        # withheld from the model (status ``quarantined`` in client_events)
+        pa.field("num_quarantined", pa.int64()),
         pa.field("num_aggregated", pa.int64()),
         pa.field("staleness_mean", pa.float64()),
         pa.field("staleness_max", pa.int64()),

@@ -14,10 +14,12 @@ import numpy as np
 
 
 class TensorBoardSink:
-    def __init__(self, logdir: Path):
+    def __init__(self, logdir: Path, purge_step: int | None = None):
+        """``purge_step``: a resumed run's first round; TensorBoard hides what an interrupted
+        run logged from that step on."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(logdir))
+        self._writer = SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
 
     def log_round(
         self, row: dict, durations: np.ndarray, staleness: np.ndarray | None = None

@@ -18,9 +18,9 @@ never changes a result, so tables are identical for any number of workers.
 Server side, per arrival with staleness τ = (server version now) − (version at dispatch):
 
 * ``max_staleness`` — an update older than that is discarded (status ``stale``);
-* FedAsync (``strategy.name: fedasync``) mixes the client's model in at once;
-* otherwise FedBuff: the staleness-weighted update joins a buffer, and every ``buffer_size``
-  arrivals the configured strategy takes one server step.
+* the strategy's ``arrival`` adds the update to its aggregate (the buffer), damped by s(τ), and
+  every ``buffer_size`` arrivals ``server_step`` takes one server step: FedAsync (a buffer of one
+  that mixes the client's model in) or FedBuff (K updates, then the configured strategy's step).
 
 Each server step is one row of ``rounds.parquet``; client events are written with the row during
 whose window they resolved. Clients still in flight when the last step is taken are not recorded.
@@ -30,19 +30,18 @@ from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import ray
 
 from fedray.config import Config
 from fedray.errors import UserError
-from fedray.execution.worker import GroupResult, Task
+from fedray.execution.worker import GroupJob, GroupResult, Task
 from fedray.sim.dispatch import DispatchPlan, DispatchPlanner
-from fedray.sim.driver import Driver, DriverState, enough_updates, per_row_sum
+from fedray.sim.driver import Driver, DriverState
+from fedray.sim.recorder import QUARANTINED, Tally, round_row
 from fedray.sim.round_plan import COMPLETED, DROPPED
-from fedray.strategies import FedAsync, staleness_weight
-from fedray.strategies.fedbuff import UpdateBuffer
 from fedray.workloads import Workload
 
 STALE = "stale"
@@ -58,7 +57,7 @@ class InFlight:
     dispatch_s: float
     plan: DispatchPlan
     ticket: int | None = None  # pool ticket of the group it trains in; None until submitted
-    row: int = 0  # its row in that group's result
+    row: int = 0  # its position in that group
 
     @property
     def finish_s(self) -> float:
@@ -70,18 +69,18 @@ class InFlight:
 class _Version:
     """A model version clients were dispatched with, kept while any of them is in flight."""
 
-    params: np.ndarray  # the decoded broadcast clients start from
+    received: dict  # the decoded broadcast clients start from ({"params": ..., **downlink})
     payload_bytes: int
     users: int = 0
     ref: ray.ObjectRef | None = None  # put in the object store at first use, if large
 
-    def handle(self) -> ray.ObjectRef | np.ndarray:
+    def handle(self) -> ray.ObjectRef | dict:
         # A small model travels inside the call (Ray inlines small arguments anyway, and a put
         # per version costs ~1 ms); a large one goes into the object store once per version.
-        if self.params.nbytes <= _INLINE_BYTES:
-            return self.params
+        if sum(v.nbytes for v in self.received.values()) <= _INLINE_BYTES:
+            return self.received
         if self.ref is None:
-            self.ref = ray.put(self.params)
+            self.ref = ray.put(self.received)
         return self.ref
 
 
@@ -109,15 +108,7 @@ class _Window:
     kept as plain column lists: FedAsync takes a step per arrival, and per-step numpy work would
     cost more than the step."""
 
-    start_s: float = 0.0
-    dispatched: int = 0
-    bytes_down: int = 0
-    bytes_down_raw: int = 0
-    bytes_up: int = 0
-    bytes_up_raw: int = 0
-    arrived: int = 0
-    dropped: int = 0
-    stale: int = 0
+    tally: Tally = field(default_factory=Tally)
     durations: list[float] = field(default_factory=list)  # of the updates aggregated
     events: dict[str, list] = field(default_factory=lambda: {c: [] for c in _EVENT_COLUMNS})
 
@@ -125,19 +116,7 @@ class _Window:
 class AsyncDriver(Driver):
     def __init__(self, cfg: Config, workload: Workload, *args, **kwargs):
         super().__init__(cfg, workload, *args, **kwargs)
-        acfg = cfg.asynchronous
-        self.fedasync = isinstance(self.strategy, FedAsync)
-        self.buffer_size = 1 if self.fedasync else (acfg.buffer_size or 10)
-        self.buffer = (
-            None
-            if self.fedasync
-            else UpdateBuffer(
-                size=self.buffer_size,
-                staleness=staleness_weight(acfg),
-                keep_rows=not self.strategy.linear,
-                weighting=acfg.weighting,
-            )
-        )
+        self.buffer = self.strategy.new_aggregate()
         self.planner = DispatchPlanner(
             seed=cfg.seed,
             num_clients=cfg.clients.num_clients,
@@ -148,7 +127,6 @@ class AsyncDriver(Driver):
                 self.num_client_rows(ids), len(ids), model_bytes
             ),
         )
-
         self._events: list[tuple[float, int]] = []  # (finish_s, seq) heap
         self._in_flight: dict[int, InFlight] = {}  # seq -> task
         self._busy: set[int] = set()  # client ids in flight
@@ -157,22 +135,25 @@ class AsyncDriver(Driver):
         self._groups: dict[int, list] = {}
         self._versions: dict[int, _Version] = {}
         self._next_seq = 0
+        self._last_step = (0, 0)  # (round, dispatch number) at the last server step
         self._window = _Window()
-        self._aggregated: list[tuple[int, float, int]] = []  # (staleness, loss, samples)
 
     # ------------------------------------------------------------------ the event loop
 
     def run(self) -> DriverState:
         wall_start = time.perf_counter()
-        for _ in range(self.cfg.asynchronous.concurrency):
-            self._dispatch(0.0)
+        if self.state.queue:
+            self._restore_queue(self.state.queue)
+        else:
+            for _ in range(self.cfg.asynchronous.concurrency):
+                self._dispatch(0.0)
         # A population where (nearly) everyone drops out would never take a step; stop instead.
-        patience = max(10_000, 100 * self.cfg.asynchronous.concurrency * (self.buffer_size or 1))
-        last_step = (0, 0)  # (round, dispatch number) at the last server step
+        buffer = getattr(self.strategy, "buffer_size", 1)
+        patience = max(10_000, 100 * self.cfg.asynchronous.concurrency * buffer)
         while self.state.round < self.cfg.rounds:
-            if self.state.round != last_step[0]:
-                last_step = (self.state.round, self._next_seq)
-            elif self._next_seq - last_step[1] > patience:
+            if self.state.round != self._last_step[0]:
+                self._last_step = (self.state.round, self._next_seq)
+            elif self._next_seq - self._last_step[1] > patience:
                 raise UserError(
                     f"no server update in {patience} dispatches: nearly every client drops out or "
                     "is too stale; lower clients.profile.dropout or raise asynchronous.max_staleness"
@@ -181,56 +162,52 @@ class AsyncDriver(Driver):
             task = self._in_flight.pop(seq)
             self._busy.discard(task.plan.client_id)
             self.state.sim_time_s = finish_s
+            stepped = False
             if task.plan.dropped:
                 self._resolve(task, DROPPED)
             else:
-                self._arrive(task, wall_start)
+                stepped = self._arrive(task, wall_start)
             self._release(task.version)
             if self.state.round < self.cfg.rounds:
                 self._dispatch(finish_s)
+            if stepped:
+                self.after_step()
         return self.state
 
-    def _arrive(self, task: InFlight, wall_start: float) -> None:
-        result = self._result_of(task)
-        update = result.updates[task.row]
-        loss = float(result.train_loss[task.row])
-        cid = task.plan.client_id
-        # The client keeps its residual and its private parameters whether or not the server
+    def _arrive(self, task: InFlight, wall_start: float) -> bool:
+        """Consume an arrival; whether it completed a server step."""
+        result, k = self._result_of(task)
+        cid, state = task.plan.client_id, self.state
+        loss = float(result.train_loss[k])
+        if result.quarantined[k]:
+            self._resolve(task, QUARANTINED, loss=loss)
+            return False
+        # The client keeps its state (residual, private parameters) whether or not the server
         # uses the update.
-        if self.residuals is not None and cid in result.residuals:
-            self.residuals.put(cid, result.residuals[cid])
-        if self.privates is not None and cid in result.privates:
-            self.privates.put(cid, result.privates[cid])
-        index = None if self.flat.dense else self.flat.upload_index(result.rows_of(task.row))
-        state = self.state
+        if cid in result.states:
+            self.client_states.update({cid: result.states[cid]})
         staleness = state.server.version - task.version
         max_staleness = self.cfg.asynchronous.max_staleness
         if max_staleness is not None and staleness > max_staleness:
             self._resolve(task, STALE, staleness=staleness, loss=loss)
-            return
+            return False
         self._resolve(task, COMPLETED, staleness=staleness, loss=loss)
-        self._aggregated.append((staleness, loss, task.plan.num_samples))
-        if self.fedasync:
-            if index is None:
-                client_model = self._versions[task.version].params + update
-            else:
-                # Only what the client uploaded is mixed; untouched rows and private coordinates
-                # keep the current model's values instead of being pulled back to version τ's.
-                client_model = state.server.params.astype(np.float32)
-                client_model[index] = self._versions[task.version].params[index] + update[index]
-            state.server = self.strategy.mix(state.server, client_model, staleness)
-            self._step_taken(wall_start)
-            return
-        self.buffer.add(update, staleness, task.plan.num_samples, index=index)
-        if self.buffer.full:
-            total, weight, coverage = self.buffer.drain_with_coverage()
-            if self.strategy.linear:
-                if coverage is not None and self.flat.tables:
-                    total = per_row_sum(total, coverage, weight)
-                state.server = self.strategy.apply(state.server, total, weight)
-            elif enough_updates(self.strategy, len(total)):
-                state.server = self.strategy.aggregate(state.server, total, weight)
-            self._step_taken(wall_start)
+        at = int(result.row[k])
+        self.strategy.arrival(
+            self.buffer,
+            result.aggregate.rows[at],
+            task.plan.num_samples,
+            staleness,
+            start=self._versions[task.version].received["params"],
+            current=state.server.params,
+            index=result.aggregate.row_index[at],
+        )
+        if self.buffer.count < getattr(self.strategy, "buffer_size", 1):
+            return False
+        state.server = self.strategy.server_step(state.server, self.buffer)
+        self.buffer = self.strategy.new_aggregate()
+        self._step_taken(wall_start)
+        return True
 
     # ------------------------------------------------------------------ dispatch
 
@@ -240,14 +217,17 @@ class AsyncDriver(Driver):
         version = self._current_version()
         plan = self.planner.next(seq, self._busy, version.payload_bytes)
         task = InFlight(seq=seq, version=self.state.server.version, dispatch_s=now, plan=plan)
-        version.users += 1
-        self._in_flight[seq] = task
+        self._track(task)
+        tally = self._window.tally
+        tally.selected += 1
+        tally.bytes_down += task.plan.bytes_down
+        tally.bytes_down_raw += task.plan.bytes_down_raw
+
+    def _track(self, task: InFlight) -> None:
+        self._versions[task.version].users += 1
+        self._in_flight[task.seq] = task
         self._busy.add(task.plan.client_id)
-        heapq.heappush(self._events, (task.finish_s, seq))
-        window = self._window
-        window.dispatched += 1
-        window.bytes_down += task.plan.bytes_down
-        window.bytes_down_raw += task.plan.bytes_down_raw
+        heapq.heappush(self._events, (task.finish_s, task.seq))
         if not task.plan.dropped:  # compute for clients that will drop out is never spent
             self._pending.append(task)
             if len(self._pending) >= self.cfg.group_size():
@@ -256,8 +236,8 @@ class AsyncDriver(Driver):
     def _current_version(self) -> _Version:
         v = self.state.server.version
         if v not in self._versions:
-            params, nbytes = self.links.broadcast(self.state.server.params, v)
-            self._versions[v] = _Version(params, nbytes)
+            received, nbytes = self.broadcast(v)
+            self._versions[v] = _Version(received, nbytes)
         return self._versions[v]
 
     def _release(self, version: int) -> None:
@@ -276,27 +256,22 @@ class AsyncDriver(Driver):
             Task(t.plan.client_id, t.plan.local_epochs, round=t.seq, model=index[t.version])
             for t in tasks
         ]
-        residuals = None
-        if self.residuals is not None:
-            residuals = {
-                t.plan.client_id: r
-                for t in tasks
-                if (r := self.residuals.get(t.plan.client_id)) is not None
-            }
+        job = GroupJob(
+            index=0,
+            round=0,
+            tasks=group,
+            models=[self._versions[v].handle() for v in versions],
+            states=self.client_states.bundle(t.client_id for t in group),
+            per_client=True,
+        )
         ticket = self.pool.submit(
-            [self._versions[v].handle() for v in versions],
-            0,
-            group,
-            self.strategy.client_mu,
-            residuals,
-            cost=float(sum(t.plan.num_samples * t.plan.local_epochs for t in tasks)),
-            extras={"privates": self.group_privates(group)},
+            job, cost=float(sum(t.plan.num_samples * t.plan.local_epochs for t in tasks))
         )
         for row, t in enumerate(tasks):
             t.ticket, t.row = ticket, row
         self._groups[ticket] = [None, len(tasks), np.array([t.plan.bytes_up for t in tasks])]
 
-    def _result_of(self, task: InFlight) -> GroupResult:
+    def _result_of(self, task: InFlight) -> tuple[GroupResult, int]:
         if task.ticket is None:  # the earliest arrival is still waiting for a full group
             self._submit_pending()
         entry = self._groups[task.ticket]
@@ -307,17 +282,18 @@ class AsyncDriver(Driver):
                 # them drain their queues while the driver waits.
                 self._submit_pending()
             entry[0] = self.pool.fetch(task.ticket)
-            self.links.check_uploads(entry[0].bytes_up, entry[2])
+            ok = ~entry[0].quarantined
+            self.links.check_uploads(entry[0].bytes_up[ok], entry[2][ok])
         result = entry[0]
         entry[1] -= 1
         if entry[1] == 0:
             del self._groups[task.ticket]
-        return result
+        return result, task.row
 
     # ------------------------------------------------------------------ recording
 
     def _resolve(self, task: InFlight, status: str, staleness: int = -1, loss=np.nan) -> None:
-        window = self._window
+        window, tally = self._window, self._window.tally
         arrived = status != DROPPED
         bytes_up = task.plan.bytes_up if arrived else 0
         values = (
@@ -338,60 +314,69 @@ class AsyncDriver(Driver):
         )
         for column, value in zip(window.events.values(), values, strict=True):
             column.append(value)
-        window.bytes_up += bytes_up
-        window.arrived += arrived
-        window.dropped += status == DROPPED
-        window.stale += status == STALE
-        window.bytes_up_raw += task.plan.bytes_up_raw if arrived else 0
+        tally.bytes_up += bytes_up
+        tally.dropped += status == DROPPED
+        tally.stale += status == STALE
+        tally.quarantined += status == QUARANTINED
+        tally.bytes_up_raw += task.plan.bytes_up_raw if arrived else 0
         if status == COMPLETED:
             window.durations.append(task.finish_s - task.dispatch_s)
+            tally.completed += 1
+            tally.staleness.append(staleness)
+            tally.losses.append(loss)
+            tally.samples.append(task.plan.num_samples)
 
     def _step_taken(self, wall_start: float) -> None:
         cfg, state, window = self.cfg, self.state, self._window
         state.round += 1
-        bytes_up_raw = window.bytes_up_raw
-        state.cum_bytes_up += window.bytes_up
-        state.cum_bytes_down += window.bytes_down
-        stale = [s for s, _, _ in self._aggregated]
-        samples = sum(n for _, _, n in self._aggregated)
-        metrics = {
-            "eval_loss": np.nan,
-            "eval_accuracy": np.nan,
-            "global_train_loss": np.nan,
-            "global_train_accuracy": np.nan,
-        }
+        state.cum_bytes_up += window.tally.bytes_up
+        state.cum_bytes_down += window.tally.bytes_down
+        row = round_row(state, window.tally, time.perf_counter() - wall_start)
         if state.round % cfg.eval_every == 0 or state.round == cfg.rounds:
-            metrics = self.evaluate(state.server.params, self.eval_privates())
-        row = {
-            "round": state.round,
-            "sim_time_s": state.sim_time_s,
-            "round_duration_s": state.sim_time_s - window.start_s,
-            "wall_time_s": time.perf_counter() - wall_start,
-            "model_version": state.server.version,
-            "num_selected": window.dispatched,
-            "num_completed": len(stale),
-            "num_partial": 0,
-            "num_dropped": window.dropped,
-            "num_stragglers": 0,
-            "num_stale": window.stale,
-            "num_aggregated": len(stale),
-            "staleness_mean": sum(stale) / len(stale),
-            "staleness_max": max(stale),
-            "bytes_up": window.bytes_up,
-            "bytes_down": window.bytes_down,
-            "bytes_up_raw": bytes_up_raw,
-            "bytes_down_raw": window.bytes_down_raw,
-            "compression_ratio": bytes_up_raw / window.bytes_up if window.bytes_up else np.nan,
-            "cum_bytes_up": state.cum_bytes_up,
-            "cum_bytes_down": state.cum_bytes_down,
-            "train_loss": sum(loss * n for _, loss, n in self._aggregated) / samples
-            if samples > 0
-            else np.nan,
-            **metrics,
-        }
+            row.update(self.evaluate(state.server.params, self.eval_privates()))
         events = window.events
         events["round"] = [state.round] * len(events["status"])
-        durations = np.asarray(window.durations)
-        self.record(row, events, durations)
-        self._window = _Window(start_s=state.sim_time_s)
-        self._aggregated = []
+        self.record(row, events, np.asarray(window.durations))
+        self._window = _Window(tally=Tally(start_s=state.sim_time_s))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> None:
+        # Taken right after a server step: the buffer is empty, and in-flight clients are
+        # resubmitted on resume (a result depends only on its task, never on its group).
+        self.state.queue = {
+            "next_seq": self._next_seq,
+            "last_step": list(self._last_step),
+            "in_flight": [
+                {"seq": t.seq, "version": t.version, "dispatch_s": t.dispatch_s, **asdict(t.plan)}
+                for t in sorted(self._in_flight.values(), key=lambda t: t.seq)
+            ],
+            "versions": {
+                str(v): {"received": e.received, "payload_bytes": e.payload_bytes}
+                for v, e in self._versions.items()
+            },
+            "window": {
+                "tally": asdict(self._window.tally),
+                "durations": self._window.durations,
+                "events": self._window.events,
+            },
+        }
+        super().save_checkpoint()
+        self.state.queue = {}
+
+    def _restore_queue(self, queue: dict) -> None:
+        self._next_seq = int(queue["next_seq"])
+        self._last_step = tuple(int(x) for x in queue["last_step"])
+        for v, entry in queue["versions"].items():
+            self._versions[int(v)] = _Version(dict(entry["received"]), int(entry["payload_bytes"]))
+        window = queue["window"]
+        self._window = _Window(Tally(**window["tally"]), list(window["durations"]))
+        self._window.events = {c: list(window["events"][c]) for c in _EVENT_COLUMNS}
+        names = {f for f in DispatchPlan.__dataclass_fields__}
+        for saved in queue["in_flight"]:
+            plan = DispatchPlan(**{k: v for k, v in saved.items() if k in names})
+            task = InFlight(
+                int(saved["seq"]), int(saved["version"]), float(saved["dispatch_s"]), plan
+            )
+            self._track(task)
+        self.state.queue = {}

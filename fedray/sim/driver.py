@@ -1,58 +1,57 @@
-"""What the sync and async drivers share: a run's inputs, its explicit state, the links and the
-error-feedback residual store. Each driver adds only its own loop."""
+"""What the sync and async drivers share: a run's inputs, its explicit state (one dataclass,
+checkpointed), the links, the client-state store and the server-side transforms. Each driver adds
+only its own loop."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fedray.clients.profiles import ProfileModel
-from fedray.clients.state_store import ClientStateStore
+from fedray.clients.state_store import ClientStates
 from fedray.compression import make_codec
 from fedray.config import Config
 from fedray.errors import UserError
 from fedray.execution.layout import FlatLayout
 from fedray.execution.pool import WorkerPool
+from fedray.execution.transforms import Pipeline
+from fedray.execution.worker import PRIVATE
+from fedray.sim import checkpoint
 from fedray.sim.evaluation import Evaluator, initial_params
-from fedray.sim.links import Links, close_residual_store
-from fedray.strategies import ServerState, make_strategy
+from fedray.sim.links import Links, remove_if_empty
+from fedray.strategies import make_strategy
 from fedray.workloads import Workload
 
 
 @dataclass
 class DriverState:
-    """Everything the driver carries from one server step to the next."""
+    """Everything the driver carries from one server step to the next. The async driver keeps
+    its event queue in ``queue`` (plain containers); the client-state store is saved beside it."""
 
-    server: ServerState
+    server: object  # the strategy's state (model, optimizer moments, control variate, ...)
     round: int = 0
     sim_time_s: float = 0.0
     cum_bytes_up: int = 0
     cum_bytes_down: int = 0
+    queue: dict = field(default_factory=dict)
 
 
-def enough_updates(strategy, n: int) -> bool:
-    """Whether a robust rule can aggregate ``n`` updates. When dropouts leave too few (Krum needs
-    two to compare, Multi-Krum at least m) the step keeps the model rather than failing."""
-    rule, m = getattr(strategy, "rule", None), getattr(strategy, "m", None)
-    if rule in ("krum", "multi_krum") and n < 2:
-        return False
-    return not (rule == "multi_krum" and m is not None and m > n)
+class Stop(Exception):  # noqa: N818 - a request, not an error
+    """A signal asked the run to stop; the driver checkpointed first."""
 
-
-def per_row_sum(update_sum: np.ndarray, coverage: np.ndarray, weight_sum: float) -> np.ndarray:
-    """Rescale Σ n_k Δ_k so that dividing by Σ n_k (what every linear strategy does) averages
-    each coordinate over the clients that uploaded it: row-table rows by the clients holding
-    that row (FedE's per-entity average), shared coordinates by everyone (factor 1). Coordinates
-    nobody uploaded (private ones, untouched rows) stay 0."""
-    scale = np.divide(weight_sum, coverage, out=np.zeros_like(coverage), where=coverage > 0)
-    return update_sum * scale
+    def __init__(self, signum: int, round_: int):
+        super().__init__(f"stopped by signal {signum} after round {round_}")
+        self.signum, self.round = signum, round_
 
 
 class Driver:
-    """The shared part of a driver; subclasses implement ``run() -> DriverState``."""
+    """The shared part of a driver; subclasses implement ``run() -> DriverState``.
+
+    ``checkpoint_every``: server steps between checkpoints (0: none), also written at the end and
+    when ``stop_requested()`` returns a signal number."""
 
     def __init__(
         self,
@@ -63,6 +62,11 @@ class Driver:
         evaluator: Evaluator,
         recorder: Callable[..., None],
         state_dir=None,
+        *,
+        run_path: Path | None = None,
+        checkpoint_every: int = 0,
+        stop_requested: Callable[[], int | None] = lambda: None,
+        on_checkpoint: Callable[[], dict] = dict,
     ):
         self.cfg = cfg
         self.workload = workload
@@ -70,7 +74,7 @@ class Driver:
         self.pool = pool
         self.evaluate = evaluator
         self.record = recorder
-        self.strategy = make_strategy(cfg.strategy, cfg.asynchronous)
+        self.strategy = make_strategy(cfg)
         params = initial_params(workload, cfg.seed)
         self.state = DriverState(server=self.strategy.init(params))
         model = workload.build_model()
@@ -78,15 +82,15 @@ class Driver:
         # (fedray.api has already refused what the layout cannot take, before the pool started)
         self.flat = FlatLayout.of(model, workload.parameter_layout())
         self.links = Links(cfg, segments, self.flat)
-        self.state_dir = state_dir
-        self.residuals = self.links.residual_store(cfg.execution.client_state_mb, state_dir)
-        # Private parameters (user embeddings, local relations) live here between a client's
-        # tasks, bounded in memory and spilled like residuals; they never reach the server.
-        self.privates, self.privates_dir = None, None
-        if self.flat.private_index.size:
-            self.privates_dir = None if state_dir is None else Path(state_dir) / "private"
-            budget = cfg.execution.client_state_mb * 2**20
-            self.privates = ClientStateStore(budget, self.privates_dir)
+        self.pipeline = Pipeline.of(cfg, self.flat, segments, workload.name)
+        self.state_dir = None if state_dir is None else Path(state_dir)
+        # Everything clients remember between tasks (residuals, private parameters, control
+        # variates), bounded in memory and spilled to the run's folder.
+        self.client_states = ClientStates(cfg.execution.client_state_mb * 2**20, self.state_dir)
+        self.run_path = run_path
+        self.checkpoint_every = checkpoint_every
+        self.stop_requested = stop_requested
+        self.on_checkpoint = on_checkpoint  # the sinks' positions, saved with the state
 
     def num_client_rows(self, client_ids):
         """Rows each client will upload (None without row tables)."""
@@ -94,25 +98,67 @@ class Driver:
             return None
         return np.asarray(self.workload.num_client_rows(client_ids), dtype=np.int64)
 
-    def group_privates(self, tasks) -> dict:
-        """The stored private parameters of a group's clients (absent: first participation)."""
-        if self.privates is None:
-            return {}
-        return {t.client_id: p for t in tasks if (p := self.privates.get(t.client_id)) is not None}
+    def broadcast(self, key: int) -> tuple[dict, int]:
+        """What clients receive — the model and the strategy's downlink extras, each as decoded
+        from the downlink codec — and the payload bytes; ``key``: the round or model version."""
+        received, nbytes = {}, 0
+        arrays = {"params": self.state.server.params, **self.strategy.downlink(self.state.server)}
+        for name, value in arrays.items():
+            received[name], size = self.links.broadcast(value, key)
+            nbytes += size
+        return received, nbytes
 
     def eval_privates(self) -> dict | None:
         """A snapshot of the eval clients' private parameters, taken on the driver thread (the
         store is not thread-safe; evaluation may run on another thread)."""
-        if self.privates is None:
+        if not self.flat.private_index.size:
             return None
         ids = self.evaluate.client_ids
-        return {int(c): p for c in ids if (p := self.privates.get(int(c))) is not None}
+        return {
+            int(c): p for c in ids if (p := self.client_states.get(int(c), PRIVATE)) is not None
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def after_step(self) -> None:
+        """Checkpoint when due, and stop (after checkpointing) when a signal asked to."""
+        signum = self.stop_requested()
+        due = self.checkpoint_every and self.state.round % self.checkpoint_every == 0
+        if self.run_path is not None and (due or signum is not None):
+            self.save_checkpoint()
+        if signum is not None:
+            raise Stop(signum, self.state.round)
+
+    def save_checkpoint(self) -> None:
+        state = self.state
+        saved = {
+            "server": checkpoint.dataclass_fields(state.server),
+            "round": state.round,
+            "sim_time_s": state.sim_time_s,
+            "cum_bytes_up": state.cum_bytes_up,
+            "cum_bytes_down": state.cum_bytes_down,
+            "queue": state.queue,
+            "sinks": self.on_checkpoint(),
+        }
+        checkpoint.save(self.run_path, saved, self.client_states)
+
+    def restore(self, saved: dict) -> None:
+        """Continue from a checkpoint's state (:func:`fedray.sim.checkpoint.load`)."""
+        server = checkpoint.rebuild(self.state.server, saved["server"])
+        self.state = DriverState(
+            server=server,
+            round=int(saved["round"]),
+            sim_time_s=float(saved["sim_time_s"]),
+            cum_bytes_up=int(saved["cum_bytes_up"]),
+            cum_bytes_down=int(saved["cum_bytes_down"]),
+            queue=saved.get("queue") or {},
+        )
+        self.client_states.load(checkpoint.client_state_path(self.run_path))
 
     def close(self) -> None:
-        """Delete the run's per-client state (spill files and their folder)."""
-        if self.privates is not None:
-            close_residual_store(self.privates, self.privates_dir)
-        close_residual_store(self.residuals, self.state_dir)
+        """Delete the run's per-client spill files (and their folder if then empty)."""
+        self.client_states.close()
+        remove_if_empty(self.state_dir)
 
 
 # Downlink codecs whose decoded value of a coordinate does not depend on the others: a client

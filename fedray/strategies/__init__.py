@@ -1,11 +1,14 @@
-"""Server strategies: plain maths over explicit state (one paper per module)."""
+"""Strategies: plain maths over explicit state (one paper per module; the contract is in
+:mod:`fedray.strategies.base`)."""
 
 from __future__ import annotations
 
-from fedray.strategies.base import ServerState
+from fedray.strategies.aggregate import Aggregate, ClientMessage
+from fedray.strategies.base import ClientTask, LocalResult, ServerState, Strategy
 from fedray.strategies.fedasync import FedAsync
 from fedray.strategies.fedavg import FedAvg
 from fedray.strategies.fedavgm import FedAvgM
+from fedray.strategies.fedbuff import FedBuff
 from fedray.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
 from fedray.strategies.fedprox import FedProx
 from fedray.strategies.robust import RobustAggregation
@@ -20,8 +23,8 @@ def staleness_weight(async_cfg) -> StalenessWeight:
     return StalenessWeight(async_cfg.staleness, async_cfg.staleness_a, async_cfg.staleness_b)
 
 
-def make_strategy(cfg, async_cfg=None):
-    """Build the strategy named by a :class:`fedray.config.StrategyConfig`."""
+def make_server_strategy(cfg, num_clients: int = 1, async_cfg=None) -> Strategy:
+    """The strategy named by a :class:`fedray.config.StrategyConfig` (its server step)."""
     options = {k: v for k, v in cfg.model_dump(exclude={"name"}).items() if v is not None}
     if cfg.name == "fedavg":
         return FedAvg(**options)
@@ -34,7 +37,7 @@ def make_strategy(cfg, async_cfg=None):
     if cfg.name == "robust":
         return RobustAggregation(**options)
     if cfg.name == "scaffold":
-        return Scaffold(**options)
+        return Scaffold(num_clients=num_clients, **options)
     if cfg.name == "fedasync":
         options.pop("server_lr", None)  # FedAsync's step size is alpha
         weight = staleness_weight(async_cfg) if async_cfg is not None else StalenessWeight()
@@ -42,7 +45,29 @@ def make_strategy(cfg, async_cfg=None):
     raise ValueError(f"unknown strategy {cfg.name!r}")
 
 
+def make_strategy(cfg) -> Strategy:
+    """The run's strategy for a whole :class:`fedray.config.Config`: in asynchronous runs any
+    strategy but FedAsync is FedBuff's server step."""
+    strategy = make_server_strategy(cfg.strategy, cfg.clients.num_clients, cfg.asynchronous)
+    if cfg.mode == "async" and not isinstance(strategy, FedAsync):
+        acfg = cfg.asynchronous
+        return FedBuff(
+            inner=strategy,
+            buffer_size=acfg.buffer_size or 10,
+            staleness=staleness_weight(acfg),
+            weighting=acfg.weighting,
+        )
+    return strategy
+
+
 __all__ = [
+    "Aggregate",
+    "ClientMessage",
+    "ClientTask",
+    "FedBuff",
+    "LocalResult",
+    "Strategy",
+    "make_server_strategy",
     "FedAdagrad",
     "FedAdam",
     "FedAsync",

@@ -7,29 +7,20 @@ counts n_k,
     w^{t+1} = w^t + η_s · Σ_k n_k Δ_k / Σ_k n_k,
 
 which for η_s = 1 is the paper's weighted average of client models. The sum is linear, so workers
-pre-sum n_k Δ_k and the server sees only (Σ n_k Δ_k, Σ n_k).
+pre-sum n_k Δ_k into a linear :class:`~fedray.strategies.aggregate.Aggregate`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import numpy as np
-
-from fedray.strategies.base import ServerState, weighted_mean_step
+from fedray.strategies.aggregate import Aggregate
+from fedray.strategies.base import ServerState, Strategy, mean_step
 
 
 @dataclass(frozen=True)
-class FedAvg:
+class FedAvg(Strategy):
     server_lr: float = 1.0
-    client_mu: float = 0.0  # no proximal term on clients
-    linear: bool = True  # workers may pre-sum updates
 
-    def init(self, params: np.ndarray) -> ServerState:
-        return ServerState(params=np.asarray(params, dtype=np.float32).copy(), version=0)
-
-    def apply(self, state: ServerState, update_sum: np.ndarray, weight_sum: float) -> ServerState:
-        if weight_sum <= 0:
-            return state  # nobody reported: the model stays, the version does not advance
-        params = weighted_mean_step(state.params, update_sum, weight_sum, self.server_lr)
-        return replace(state, params=params, version=state.version + 1)
+    def server_step(self, state: ServerState, aggregate: Aggregate) -> ServerState:
+        return mean_step(state, aggregate, self.server_lr)

@@ -11,7 +11,7 @@ The paper's algorithm writes v ← βv + Δw, w ← w − v with Δw the weighte
 global-minus-client differences; negating Δ gives the form above, and η (a server learning rate,
 1 in the paper) scales the step. With β = 0 and η = 1 this is FedAvg; momentum multiplies the
 effective step size by about 1 / (1 − β). The mean is linear, so workers pre-sum n_k Δ_k and
-the server sees only (Σ n_k Δ_k, Σ n_k).
+the server sees only their sum.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedray.strategies.base import mean_update
+from fedray.strategies.aggregate import Aggregate
+from fedray.strategies.base import Strategy
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,9 @@ class MomentumState:
 
 
 @dataclass(frozen=True)
-class FedAvgM:
+class FedAvgM(Strategy):
     server_lr: float = 1.0  # η
     momentum: float = 0.9  # β
-    client_mu: float = 0.0  # no proximal term on clients
-    linear: bool = True  # workers may pre-sum updates
 
     def __post_init__(self):
         if not self.server_lr > 0:
@@ -47,12 +46,10 @@ class FedAvgM:
         params = np.asarray(params, dtype=np.float32).copy()
         return MomentumState(params=params, velocity=np.zeros(params.shape), version=0)
 
-    def apply(
-        self, state: MomentumState, update_sum: np.ndarray, weight_sum: float
-    ) -> MomentumState:
-        if weight_sum <= 0:
+    def server_step(self, state: MomentumState, aggregate: Aggregate) -> MomentumState:
+        if aggregate.empty:
             return state  # nobody reported: model and velocity stay, the version does not advance
-        velocity = self.momentum * state.velocity + mean_update(update_sum, weight_sum)
+        velocity = self.momentum * state.velocity + aggregate.mean()
         params = state.params.astype(np.float64) + self.server_lr * velocity
         return MomentumState(
             params=params.astype(np.float32), velocity=velocity, version=state.version + 1

@@ -39,7 +39,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedray.strategies.base import mean_update
+from fedray.strategies.aggregate import Aggregate
+from fedray.strategies.base import Strategy
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def yogi_second_moment(v: np.ndarray, sq: np.ndarray, beta2: float) -> np.ndarra
 
 
 @dataclass(frozen=True)
-class FedOpt:
+class FedOpt(Strategy):
     """The shared server step; use :class:`FedAdagrad`, :class:`FedAdam` or :class:`FedYogi`."""
 
     server_lr: float = 0.01  # η
@@ -74,8 +75,6 @@ class FedOpt:
     tau: float = 1e-3  # τ, the degree of adaptivity
     initial_accumulator: float | None = None  # v_{−1}; None means τ², as in the paper
     bias_correction: bool = False  # the paper has none; see the module docstring
-    client_mu: float = 0.0  # no proximal term on clients
-    linear: bool = True  # workers may pre-sum updates
 
     second_moment: ClassVar[Callable[[np.ndarray, np.ndarray, float], np.ndarray]]
     corrects_v: ClassVar[bool] = True  # whether bias_correction also rescales v
@@ -107,12 +106,10 @@ class FedOpt:
             params=params, m=np.zeros(params.shape), v=np.full(params.shape, self.v0), version=0
         )
 
-    def apply(
-        self, state: AdaptiveState, update_sum: np.ndarray, weight_sum: float
-    ) -> AdaptiveState:
-        if weight_sum <= 0:
+    def server_step(self, state: AdaptiveState, aggregate: Aggregate) -> AdaptiveState:
+        if aggregate.empty:
             return state  # nobody reported: model and moments stay, the version does not advance
-        delta = mean_update(update_sum, weight_sum)
+        delta = aggregate.mean()
         m = self.beta1 * state.m + (1.0 - self.beta1) * delta
         v = self.second_moment(state.v, delta * delta, self.beta2)
         m_hat, v_hat = m, v

@@ -11,26 +11,20 @@ deadline policy), and the server aggregates exactly as FedAvg.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
-from fedray.strategies.base import ServerState
-from fedray.strategies.fedavg import FedAvg
+from fedray.strategies.aggregate import Aggregate
+from fedray.strategies.base import ClientTask, ServerState, Strategy, mean_step
 
 
 @dataclass(frozen=True)
-class FedProx:
+class FedProx(Strategy):
     mu: float
     server_lr: float = 1.0
-    linear: bool = True
 
-    @property
-    def client_mu(self) -> float:
-        return self.mu
+    def client_plan(self, received: Mapping, client_state: Mapping) -> ClientTask:
+        return ClientTask(mu=self.mu)
 
-    def init(self, params: np.ndarray) -> ServerState:
-        return FedAvg(self.server_lr).init(params)
-
-    def apply(self, state: ServerState, update_sum: np.ndarray, weight_sum: float) -> ServerState:
-        return FedAvg(self.server_lr).apply(state, update_sum, weight_sum)
+    def server_step(self, state: ServerState, aggregate: Aggregate) -> ServerState:
+        return mean_step(state, aggregate, self.server_lr)

@@ -1,9 +1,8 @@
 """Byzantine-robust aggregation: coordinate-wise median, trimmed mean, Krum and Multi-Krum.
 
 Each rule maps a stack of individual client updates U (one row Δ_k per client, shape [n, d]) to
-one update, and the server steps x_{t+1} = x_t + η · rule(U). None of them is a sum, so workers
-must return every Δ_k (``linear = False``), and the driver calls :meth:`RobustAggregation.aggregate`
-instead of ``apply``.
+one update, and the server steps x_{t+1} = x_t + η · rule(U). None of them is a sum, so the strategy's
+aggregate is stacked (:meth:`RobustAggregation.new_aggregate`): workers return every Δ_k.
 
 Median and trimmed mean. Yin, Chen, Ramchandran, Bartlett. "Byzantine-Robust Distributed Learning:
 Towards Optimal Statistical Rates", ICML 2018. Per coordinate j, med_j = median_k U_kj, and the
@@ -27,11 +26,12 @@ weigh in would undo the robustness. Rows with weight 0 (clients that did no work
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 
-from fedray.strategies.base import ServerState
+from fedray.strategies.aggregate import Aggregate
+from fedray.strategies.base import ServerState, Strategy
 
 RULES = ("median", "trimmed_mean", "krum", "multi_krum")
 
@@ -103,7 +103,7 @@ def multi_krum(updates: np.ndarray, f: int, m: int | None = None) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class RobustAggregation:
+class RobustAggregation(Strategy):
     """x + η · rule(U) over individual client updates; see the module docstring for the rules."""
 
     rule: Literal["median", "trimmed_mean", "krum", "multi_krum"]
@@ -111,9 +111,6 @@ class RobustAggregation:
     beta: float | None = None  # trimmed_mean: fraction cut per side, in [0, 0.5)
     f: int | None = None  # krum, multi_krum: Byzantine clients tolerated
     m: int | None = None  # multi_krum: updates averaged; None means n − f
-
-    client_mu: ClassVar[float] = 0.0  # no proximal term on clients
-    linear: ClassVar[bool] = False  # workers must return every update, not a pre-sum
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -155,14 +152,23 @@ class RobustAggregation:
             return krum(updates, self.f)
         return multi_krum(updates, self.f, self.m)
 
-    def init(self, params: np.ndarray) -> ServerState:
-        return ServerState(params=np.asarray(params, dtype=np.float32).copy(), version=0)
+    def new_aggregate(self) -> Aggregate:
+        return Aggregate.stacked()
 
-    def apply(self, state: ServerState, update_sum: np.ndarray, weight_sum: float) -> ServerState:
-        raise TypeError(
-            f"rule={self.rule!r} is not a sum: give the individual updates to aggregate(state, "
-            "updates, weights) and do not pre-sum on workers (linear is False)"
-        )
+    def enough(self, n: int) -> bool:
+        """Whether the rule can combine ``n`` updates. When dropouts leave too few (Krum needs
+        two to compare, Multi-Krum at least m) the step keeps the model rather than failing."""
+        if self.rule in ("krum", "multi_krum") and n < 2:
+            return False
+        return not (self.rule == "multi_krum" and self.m is not None and self.m > n)
+
+    def server_step(self, state: ServerState, aggregate: Aggregate) -> ServerState:
+        if not aggregate.rows:
+            return state
+        updates, weights = aggregate.matrix()
+        if not self.enough(int((weights > 0).sum())):
+            return state
+        return self.aggregate(state, updates, weights)
 
     def aggregate(
         self, state: ServerState, updates: np.ndarray, weights: np.ndarray

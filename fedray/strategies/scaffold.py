@@ -20,17 +20,23 @@ uploads two payloads, and downloads x and c). The server takes
 Choice: Δy is averaged with sample weights n_k, as in every other fedray strategy, so that with
 c = c_k = 0 SCAFFOLD is exactly FedAvg; the paper's uniform mean is the case of equal n_k. The
 control variate is the mean over all N clients, so each participant's change counts 1/N. Both
-sums are linear, so workers pre-sum them. The per-client variates c_k live in the driver's
-client-state store (:class:`fedray.clients.state_store.ClientStateStore`), not in this state.
+sums are linear, so workers pre-sum them (Δc_k as the aggregate's ``control`` extra). The
+per-client variate c_k is client state (``scaffold.control`` in the client-state store,
+:class:`fedray.clients.state_store.ClientStateStore`), not server state: :meth:`Scaffold.client_plan`
+reads it and :meth:`Scaffold.client_update` returns its successor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedray.strategies.base import weighted_mean_step
+from fedray.strategies.aggregate import Aggregate, ClientMessage
+from fedray.strategies.base import ClientTask, LocalResult, Strategy, step_params
+
+CONTROL = "scaffold.control"  # the client-state entry holding c_k
 
 
 @dataclass(frozen=True)
@@ -41,33 +47,47 @@ class ScaffoldState:
 
 
 @dataclass(frozen=True)
-class Scaffold:
+class Scaffold(Strategy):
+    num_clients: int = 1  # N, the registered population: each Δc_k counts 1/N
     server_lr: float = 1.0  # η_g
-    client_mu: float = 0.0  # no proximal term on clients
-    linear: bool = True  # workers may pre-sum updates
-    control_variates: bool = True  # the driver keeps c_k per client and ships c and Δc_k
 
     def __post_init__(self):
         if not self.server_lr > 0:
             raise ValueError(f"SCAFFOLD server_lr must be > 0, got {self.server_lr!r}")
+        if not self.num_clients >= 1:
+            raise ValueError(f"SCAFFOLD num_clients must be >= 1, got {self.num_clients!r}")
 
     def init(self, params: np.ndarray) -> ScaffoldState:
         params = np.asarray(params, dtype=np.float32).copy()
         return ScaffoldState(params=params, control=np.zeros(params.shape), version=0)
 
-    def apply(
-        self,
-        state: ScaffoldState,
-        update_sum: np.ndarray,
-        weight_sum: float,
-        *,
-        control_sum: np.ndarray,
-        num_clients: int,
-    ) -> ScaffoldState:
-        """``update_sum`` = Σ n_k Δy_k, ``weight_sum`` = Σ n_k, ``control_sum`` = Σ Δc_k over the
-        clients that reported; ``num_clients`` = N, the registered population."""
-        if weight_sum <= 0:
+    def downlink(self, state: ScaffoldState) -> dict[str, np.ndarray]:
+        return {"control": state.control.astype(np.float32)}  # c goes down with x
+
+    def client_plan(self, received: Mapping, client_state: Mapping) -> ClientTask:
+        control = np.asarray(received["control"], dtype=np.float32)
+        c_k = client_state.get(CONTROL)
+        c_k = np.zeros_like(control) if c_k is None else c_k
+        return ClientTask(correction=control - c_k, context={"c": control, "c_k": c_k})
+
+    def client_update(self, task: ClientTask, local: LocalResult) -> ClientMessage:
+        # Option II: c_k⁺ = c_k − c + (x − y_k) / (K η_l). The client keeps the exact c_k⁺; the
+        # server only sees the change Δc_k, through the uplink codec.
+        c, c_k = task.context["c"], task.context["c_k"]
+        scale = 1.0 / (max(local.steps, 1) * local.lr)
+        c_new = (c_k - c - local.update * scale).astype(np.float32)
+        return ClientMessage(
+            update=local.update,
+            weight=local.num_samples,
+            extras={"control": c_new - c_k},
+            state={CONTROL: c_new},
+        )
+
+    def server_step(self, state: ScaffoldState, aggregate: Aggregate) -> ScaffoldState:
+        """x ← x + η_g Σ n_k Δy_k / Σ n_k and c ← c + Σ Δc_k / N over the clients that reported."""
+        if aggregate.empty:
             return state  # nobody reported: model and variate stay, the version does not advance
-        params = weighted_mean_step(state.params, update_sum, weight_sum, self.server_lr)
-        control = state.control + np.asarray(control_sum, dtype=np.float64) / num_clients
+        params = step_params(state.params, aggregate.mean(), self.server_lr)
+        control_sum = aggregate.extras.get("control", 0.0)
+        control = state.control + np.asarray(control_sum, dtype=np.float64) / self.num_clients
         return ScaffoldState(params=params, control=control, version=state.version + 1)

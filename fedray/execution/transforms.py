@@ -1,0 +1,182 @@
+"""Client transforms: what happens to an update between a client's training and the server's sum.
+
+Each transform is a small object with a client side (``send``, run in pipeline order on the
+client) and its inverse on the server (``receive``, run in reverse order) — pfl-research's
+postprocessors are the model. The pipeline fedray builds from a config is
+
+    rows (row-sparse layouts) → DP clip (``privacy``) → encode (uplink codec, error feedback)
+
+so the server side is decode → enforce the clip bound → scatter the rows into the full model. A
+transform that keeps per-client memory (the error-feedback residual) reads and writes it as a
+named entry of the client's state (:mod:`fedray.clients.state_store`); a transform that acts on
+the whole round's sum (DP-FedAvg's Gaussian noise) has a ``finalize`` step on the driver. Later
+features (secure-aggregation masks, adversarial corruption) are new transforms; the drivers, the
+pool and the worker do not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedray import seeding
+from fedray.compression import encode_with_feedback, make_codec
+from fedray.execution.layout import FlatLayout, pack_upload
+from fedray.privacy import add_noise, clip
+from fedray.strategies.aggregate import Aggregate, ClientMessage
+
+RESIDUAL = "ef.residual"  # the client-state entry of the error-feedback residual
+
+
+@dataclass
+class Upload:
+    """One client's update on its way to the server. Between ``send`` and ``receive`` the
+    update travels as ``payload`` bytes; ``nbytes`` is the real wire length."""
+
+    client_id: int
+    key: int  # round (sync) or dispatch number (async): keys the codec's draws
+    update: np.ndarray | None
+    weight: float
+    extras: dict  # side uploads (arrays on the client, payloads on the wire)
+    state: dict  # the client's stored state (read-only)
+    new_state: dict = field(default_factory=dict)  # what the transforms leave the client
+    rows: np.ndarray | None = None  # row-table rows the upload carries
+    segments: tuple[int, ...] = ()
+    index: np.ndarray | None = None  # flat coordinates of a row-sparse upload
+    payload: bytes | None = None
+    nbytes: int = 0
+    clipped: bool = False
+
+
+class RowSparse:
+    """Upload only a client's row-table rows and the shared parameters (private ones never
+    leave the client); the server scatters them back into the full vector."""
+
+    def __init__(self, flat: FlatLayout, segments: tuple[int, ...], who: str):
+        self.flat, self.segments, self.who = flat, segments, who
+        self._private = np.zeros(flat.size, dtype=bool)  # coordinates never uploaded
+        self._private[flat.private_index] = True
+
+    def send(self, up: Upload) -> None:
+        if self.flat.dense:
+            up.segments = self.segments
+            return
+        index = self.flat.upload_index(up.rows)
+        outside = ~self._private
+        outside[index] = False
+        if np.any(up.update[outside] != 0):
+            # A row outside client_rows would silently never reach the server: a workload bug.
+            changed = int(np.count_nonzero(up.update[outside]))
+            raise RuntimeError(
+                f"workload {self.who}: local training of client {up.client_id} changed {changed} "
+                "parameters outside its client_rows; client_rows must name every row its "
+                "training touches"
+            )
+        up.update, up.index = up.update[index], index
+        up.segments = self.flat.upload_segments(0 if up.rows is None else len(up.rows))
+
+    def receive(self, up: Upload) -> None:
+        if up.index is not None:
+            full = np.zeros(self.flat.size, dtype=np.float32)
+            full[up.index] = up.update
+            up.update = full
+
+
+class DPClip:
+    """User-level DP-FedAvg (McMahan et al., ICLR 2018; :mod:`fedray.privacy`): the client clips
+    its update to L2 norm C and counts once (weight 1, whatever its sample count); the server
+    enforces the bound again on what it decoded, so a lossy codec cannot exceed the sensitivity
+    (beyond float32 rounding of C), and adds N(0, (zC)²) to the round's sum (``finalize``)."""
+
+    def __init__(self, clip_norm: float, noise_multiplier: float, seed: int, denominator: int):
+        self.clip_norm, self.noise_multiplier = clip_norm, noise_multiplier
+        self.seed, self.denominator = seed, denominator
+
+    def send(self, up: Upload) -> None:
+        up.update, up.clipped = clip(up.update, self.clip_norm)
+        up.weight = 1.0
+
+    def receive(self, up: Upload) -> None:
+        norm = float(np.linalg.norm(np.asarray(up.update, dtype=np.float64)))
+        if norm > self.clip_norm * (1 + 1e-6):
+            up.update, _ = clip(up.update, self.clip_norm)
+
+    def finalize(self, aggregate: Aggregate, round_: int) -> None:
+        # Noise the sum of clipped updates and divide by the fixed expected cohort size K, not
+        # the number that arrived (eq. 4 of the paper).
+        if aggregate.total is None:
+            return
+        aggregate.total = add_noise(
+            aggregate.total,
+            seed=self.seed,
+            round_=round_,
+            noise_multiplier=self.noise_multiplier,
+            clip_norm=self.clip_norm,
+        )
+        aggregate.weight = float(self.denominator)
+
+
+class Encode:
+    """The uplink codec, with error feedback where the codec uses it (Stich et al. 2018;
+    Karimireddy et al. 2019): the residual is the client-state entry ``ef.residual``. Side
+    uploads (SCAFFOLD's Δc) go through the same codec, without feedback."""
+
+    def __init__(self, codec, seed: int, segments: tuple[int, ...]):
+        self.codec, self.seed, self.segments = codec, seed, segments
+
+    def send(self, up: Upload) -> None:
+        rng = seeding.generator(self.seed, "codec", up.client_id, up.key)
+        payload, residual = encode_with_feedback(
+            self.codec, up.update, up.segments, rng, up.state.get(RESIDUAL)
+        )
+        if residual is not None:
+            up.new_state[RESIDUAL] = residual
+        up.payload, up.update = payload, None
+        up.nbytes = len(pack_upload(up.rows, payload))
+        for name, value in up.extras.items():
+            rng = seeding.generator(self.seed, f"codec.{name}", up.client_id, up.key)
+            up.extras[name] = self.codec.encode(value, self.segments, rng)
+            up.nbytes += len(up.extras[name])
+
+    def receive(self, up: Upload) -> None:
+        up.update = self.codec.decode(up.payload, up.segments)
+        for name, payload in up.extras.items():
+            up.extras[name] = self.codec.decode(payload, self.segments)
+
+
+class Pipeline:
+    """The ordered client transforms of a run; :meth:`deliver` takes a message from the client
+    to what the server adds to its aggregate."""
+
+    def __init__(self, transforms: list):
+        self.transforms = transforms
+
+    @classmethod
+    def of(cls, cfg, flat: FlatLayout, segments: tuple[int, ...], who: str) -> Pipeline:
+        transforms: list = [RowSparse(flat, segments, who)]
+        if cfg.privacy is not None:
+            p = cfg.privacy
+            transforms.append(
+                DPClip(p.clip_norm, p.noise_multiplier, cfg.seed, cfg.clients_per_round)
+            )
+        transforms.append(Encode(make_codec(cfg.compression.uplink), cfg.seed, segments))
+        return cls(transforms)
+
+    def deliver(
+        self, message: ClientMessage, client_id: int, key: int, state: dict, rows=None
+    ) -> Upload:
+        up = Upload(
+            client_id, key, message.update, message.weight, dict(message.extras), state, rows=rows
+        )
+        for transform in self.transforms:
+            transform.send(up)
+        for transform in reversed(self.transforms):
+            transform.receive(up)
+        return up
+
+    def finalize(self, aggregate: Aggregate, round_: int) -> None:
+        """The server-side steps on a whole round's sum (sync rounds), in pipeline order."""
+        for transform in self.transforms:
+            if hasattr(transform, "finalize"):
+                transform.finalize(aggregate, round_)

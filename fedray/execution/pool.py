@@ -11,6 +11,7 @@ An actor that dies is replaced and its groups are retried on the pool.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from fedray.execution.worker import ClientWorker, GroupJob, GroupResult
 log = logging.getLogger(__name__)
 _IN_FLIGHT_PER_ACTOR = 2
 _MAX_RETRIES = 3
+ACTOR_PREFIX = "fedray.worker."
 
 
 def default_num_workers(cpus_per_worker: float, gpus_per_worker: float) -> int:
@@ -61,15 +63,23 @@ class WorkerPool:
                 f"execution.cpus_per_worker={cpus_per_worker} exceeds the {resources.get('CPU', 0):g} "
                 "CPUs of the Ray cluster; lower it"
             )
-        self._remote = ray.remote(ClientWorker).options(
-            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker
-        )
+        self._remote = ray.remote(ClientWorker)
+        self._resources = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
         self._cfg = cfg
-        self.actors = [self._remote.remote(cfg) for _ in range(num_workers)]
+        # Named, so `ray list actors` (and a fault-injection test) can tell this pool's actors
+        # from any other pool's: fedray.worker.<pool>.<slot>.<generation>.
+        self._token = uuid.uuid4().hex[:8]
+        self._generation = [0] * num_workers
+        self.actors = [self._spawn(slot) for slot in range(num_workers)]
         self._outstanding = [0.0] * num_workers  # estimated cost of each actor's queued jobs
         self._tickets: dict[int, _Ticket] = {}  # jobs submitted and not yet fetched
         self._next_ticket = 0
         self.restarts = 0  # actors replaced after dying
+
+    def _spawn(self, slot: int):
+        name = f"{ACTOR_PREFIX}{self._token}.{slot}.{self._generation[slot]}"
+        self._generation[slot] += 1
+        return self._remote.options(name=name, **self._resources).remote(self._cfg)
 
     @property
     def size(self) -> int:
@@ -135,7 +145,7 @@ class WorkerPool:
     def _restart(self, slot: int, err: Exception) -> None:
         self.restarts += 1
         log.warning("worker %d died (%s); replacing it and retrying its jobs", slot, err)
-        self.actors[slot] = self._remote.remote(self._cfg)
+        self.actors[slot] = self._spawn(slot)
         self._outstanding[slot] = 0.0
         for entry in self._tickets.values():
             if entry.slot == slot:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -98,7 +99,9 @@ def load(run_path: Path) -> dict:
             "be resumed — start it again without --resume"
         )
     try:
-        saved = torch.load(path, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the protocol of a foreign file
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
         raise UserError(
             f"checkpoint {str(path)!r} is unreadable ({type(err).__name__}); it is not a fedray "

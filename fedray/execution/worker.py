@@ -88,6 +88,26 @@ class GroupResult:
         return int(self.clipped.sum())
 
 
+class _Columns:
+    """A group's per-client columns, filled client by client."""
+
+    def __init__(self, n: int):
+        self.ids, self.samples = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.steps, self.bytes_up = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.losses, self.row = np.zeros(n), np.full(n, -1, np.int64)
+        self.quarantined, self.clipped = np.zeros(n, bool), np.zeros(n, bool)
+
+    def trained(self, i: int, client_id: int, done) -> None:
+        self.ids[i], self.samples[i] = client_id, done.local.num_samples
+        self.steps[i], self.losses[i] = done.local.steps, done.loss
+
+    def result(self, index: int, aggregate: Aggregate, states: dict) -> GroupResult:
+        return GroupResult(
+            index, aggregate, self.ids, self.samples, self.losses, self.steps, self.bytes_up,
+            self.quarantined, self.clipped, self.row, states,
+        )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class _Trained:
     task: Task
@@ -164,39 +184,30 @@ class ClientWorker:
         ]
         train = self._train_vectorized if self.vectorized else self._train_each
         aggregate = Aggregate.stacked() if job.per_client else self.strategy.new_aggregate()
-        n = len(job.tasks)
-        cols = {k: np.zeros(n, np.int64) for k in ("ids", "samples", "steps", "bytes")}
-        losses, row = np.zeros(n), np.full(n, -1, np.int64)
-        quarantined, clipped = np.zeros(n, bool), np.zeros(n, bool)
-        states: dict[int, dict[str, np.ndarray]] = {}
+        out, states = _Columns(len(job.tasks)), {}
         for i, done in enumerate(train(received, job, plans)):
             cid, key = (
                 done.task.client_id,
                 job.round if done.task.round is None else done.task.round,
             )
-            cols["ids"][i], cols["samples"][i] = cid, done.local.num_samples
-            cols["steps"][i], losses[i] = done.local.steps, done.loss
+            out.trained(i, cid, done)
             message = self.strategy.client_update(done.plan, done.local)
             if not self._acceptable(cid, message.update, done.private):
-                quarantined[i], cols["bytes"][i] = True, -1
+                out.quarantined[i], out.bytes_up[i] = True, -1
                 continue
-            state = job.states.get(cid, {})
-            up = self.pipeline.deliver(message, cid, key, state, rows=done.rows)
-            cols["bytes"][i], clipped[i] = up.nbytes, up.clipped
+            up = self.pipeline.deliver(message, cid, key, job.states.get(cid, {}), rows=done.rows)
+            out.bytes_up[i], out.clipped[i] = up.nbytes, up.clipped
             if not self._acceptable(cid, up.update, None):
-                quarantined[i] = True
+                out.quarantined[i] = True
                 continue
-            row[i] = aggregate.count
+            out.row[i] = aggregate.count
             aggregate.add(up.update, up.weight, index=up.index, extras=up.extras)
             new = {**message.state, **up.new_state}
             if done.private is not None:
                 new[PRIVATE] = done.private
             if new:
                 states[cid] = new
-        return GroupResult(
-            job.index, aggregate, cols["ids"], cols["samples"], losses, cols["steps"],
-            cols["bytes"], quarantined, clipped, row, states,
-        )  # fmt: skip
+        return out.result(job.index, aggregate, states)
 
     def _receive(self, model) -> dict:
         import ray

@@ -1,15 +1,17 @@
 """User-level differential privacy for synchronous rounds: DP-FedAvg's clip, noise and accountant.
 
 McMahan, Ramage, Talwar, Zhang, "Learning Differentially Private Recurrent Language Models",
-ICLR 2018 (DP-FedAvg). Central DP with a trusted server: each client's decoded update Δ_k is
-clipped to L2 norm at most C, the clipped updates are summed with weight 1 each (sample weights
+ICLR 2018 (DP-FedAvg). Central DP with a trusted server: each client's update Δ_k is
+clipped to L2 norm at most C (on the client, before the uplink codec; the server enforces the
+bound again on the decoded update — :class:`fedray.execution.transforms.DPClip`), the clipped
+updates are summed with weight 1 each (sample weights
 n_k would let one user's influence grow with its data), and Gaussian noise is added to the sum;
 the noisy sum is divided by the fixed expected cohort size K (the paper's fixed-denominator
 estimator f̃_f, eq. 4 with w_k = 1):
 
     Δ̃ = ( Σ_{k∈S} Δ_k · min(1, C / ‖Δ_k‖₂) + N(0, (z·C)² I) ) / K
 
-This module owns that maths: :func:`clip` (run on the workers, on what the server sums),
+This module owns that maths: :func:`clip` (the DP client transform's maths),
 :func:`add_noise` (on the driver, seeded by (seed, "dp.noise", round)) and the privacy accountant
 (:func:`epsilon_after`, :class:`Accountant`), built on Google's ``dp_accounting``.
 

@@ -237,7 +237,7 @@ def two_node_cluster():
             [sys.executable, "-c", wait], env=env, capture_output=True, text=True, timeout=120
         )
         assert proc.stdout.split() == ["2", "2.0"], proc.stdout + proc.stderr[-2000:]
-        yield f"127.0.0.1:{port}", env
+        yield f"127.0.0.1:{port}", env, nodes
     finally:
         for node in nodes:
             node.send_signal(signal.SIGTERM)  # `ray start --block` drains and stops its node
@@ -272,7 +272,7 @@ TWO_NODE_CONFIG = {
 
 @pytest.mark.slow
 def test_a_two_node_cluster_gives_the_local_tables(two_node_cluster, ray_session, tmp_path):
-    address, env = two_node_cluster
+    address, env, _ = two_node_cluster
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(TWO_NODE_CONFIG))
     # 2 workers of 1 CPU on two 1-CPU nodes: one pool actor per node.
@@ -292,4 +292,39 @@ def test_a_two_node_cluster_gives_the_local_tables(two_node_cluster, ray_session
         a = getattr(remote, table).drop(columns=list(NONDETERMINISTIC_COLUMNS), errors="ignore")
         b = getattr(local, table).drop(columns=list(NONDETERMINISTIC_COLUMNS), errors="ignore")
         assert len(a) > 0
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+@pytest.mark.slow
+def test_losing_the_worker_node_mid_run_finishes_on_the_head(
+    two_node_cluster, ray_session, tmp_path
+):
+    # Prepare: one pool actor per node; a run long enough to lose a node in its middle.
+    address, env, nodes = two_node_cluster
+    cfg = TWO_NODE_CONFIG | {"rounds": 400, "output": {"checkpoint_every": 10}}
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "fedray.cli", "run", str(config), "--address", address]
+    cmd += ["--workers", "2", "--out", str(tmp_path), "--name", "lost", "--quiet"]
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    # Execute: once the rounds run, the worker node dies outright (its whole session)
+    deadline = time.time() + 180
+    while not (tmp_path / "lost" / "checkpoint" / "state.pt").exists():
+        assert driver.poll() is None and time.time() < deadline, driver.stderr.read()[-3000:]
+        time.sleep(0.05)
+    os.killpg(nodes[1].pid, signal.SIGKILL)
+    _, err = driver.communicate(timeout=600)
+
+    # Assert: the run finished on the head node alone, with the tables of a local run
+    assert driver.returncode == 0, err.decode()[-3000:]
+    lost = fedray.Result.from_path(tmp_path / "lost")
+    assert lost.summary["worker_restarts"] >= 1
+    local = fedray.run(
+        config_from_dict(cfg | {"output": {"root": str(tmp_path), "name": "local"}}),
+        progress=False,
+    )
+    for table in ("rounds", "clients"):
+        a = getattr(lost, table).drop(columns=list(NONDETERMINISTIC_COLUMNS), errors="ignore")
+        b = getattr(local, table).drop(columns=list(NONDETERMINISTIC_COLUMNS), errors="ignore")
         pd.testing.assert_frame_equal(a, b, check_exact=True)

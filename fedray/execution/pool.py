@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 _IN_FLIGHT_PER_ACTOR = 2
 _MAX_RETRIES = 3
 ACTOR_PREFIX = "fedray.worker."
+# A replacement actor that is not ready by then found no room (its node is gone): the pool
+# goes on without it. Starting one (importing torch, building the workload) takes a few seconds.
+_RESTART_TIMEOUT_S = 60.0
 
 
 def default_num_workers(cpus_per_worker: float, gpus_per_worker: float) -> int:
@@ -83,13 +86,21 @@ class WorkerPool:
 
     @property
     def size(self) -> int:
-        return len(self.actors)
+        """Live actors (fewer than started if the cluster lost the room for some)."""
+        return len(self._live)
+
+    @property
+    def _live(self) -> list[int]:
+        return [s for s, a in enumerate(self.actors) if a is not None]
 
     def wait_ready(self) -> None:
-        ray.get([a.ready.remote() for a in self.actors])
+        ray.get([self.actors[s].ready.remote() for s in self._live])
 
     def worker_pids(self) -> list[int]:
-        return ray.get([a.pid.remote() for a in self.actors])
+        return ray.get([self.actors[s].pid.remote() for s in self._live])
+
+    def _least_loaded(self) -> int:
+        return min(self._live, key=lambda s: (self._outstanding[s], s))
 
     # -- submitting and fetching ----------------------------------------------------------
 
@@ -102,7 +113,7 @@ class WorkerPool:
         self._next_ticket += 1
         entry = _Ticket(job, max(float(cost), 1e-9))  # > 0 marks it as outstanding
         self._tickets[ticket] = entry
-        self._start(entry, int(np.argmin(self._outstanding)) if slot is None else slot)
+        self._start(entry, self._least_loaded() if slot is None else slot)
         return ticket
 
     def _start(self, entry: _Ticket, slot: int) -> None:
@@ -143,16 +154,30 @@ class WorkerPool:
             return result
 
     def _restart(self, slot: int, err: Exception) -> None:
+        """Replace a dead actor — or, if the cluster lost the room for it (a node died), go on
+        with the others: results never depend on how many actors there are."""
         self.restarts += 1
         log.warning("worker %d died (%s); replacing it and retrying its jobs", slot, err)
-        self.actors[slot] = self._spawn(slot)
         self._outstanding[slot] = 0.0
+        self.actors[slot] = self._spawn(slot)
+        try:
+            ray.get(self.actors[slot].ready.remote(), timeout=_RESTART_TIMEOUT_S)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+            ray.kill(self.actors[slot])
+            self.actors[slot] = None
+            self._outstanding[slot] = float("inf")
+            if not self._live:
+                raise RuntimeError(
+                    f"every worker died and none could be restarted within {_RESTART_TIMEOUT_S} s: "
+                    f"{err}"
+                ) from err
+            log.warning("no room for worker %d on the cluster; continuing with %d", slot, self.size)
         for entry in self._tickets.values():
             if entry.slot == slot:
                 entry.retries += 1
                 if entry.retries > _MAX_RETRIES:
                     raise RuntimeError(f"a job failed {_MAX_RETRIES} times: {err}") from err
-                self._start(entry, slot)
+                self._start(entry, slot if self.actors[slot] is not None else self._least_loaded())
 
     # -- a whole round --------------------------------------------------------------------
 
@@ -169,11 +194,13 @@ class WorkerPool:
         results: list[GroupResult | None] = [None] * len(jobs)
         while pending or tickets:
             while pending:
-                room = [s for s in range(len(self.actors)) if load[s] < _IN_FLIGHT_PER_ACTOR]
+                room = [s for s in self._live if load[s] < _IN_FLIGHT_PER_ACTOR]
                 if not room:
                     break
                 slot = min(room, key=lambda s: (self._outstanding[s], s))
-                if load[slot] and self._outstanding[slot] > min(self._outstanding):
+                if load[slot] and self._outstanding[slot] > min(
+                    self._outstanding[s] for s in self._live
+                ):
                     break
                 position = pending.pop(0)
                 tickets[position] = self.submit(jobs[position], costs[position], slot=slot)
@@ -186,13 +213,15 @@ class WorkerPool:
             restarts = self.restarts
             results[position] = self.fetch(ticket)
             load[slot] -= 1
-            if self.restarts != restarts:  # the actor was replaced; its queue was resubmitted
-                load[slot] = sum(self._tickets[t].slot == slot for t in tickets.values())
+            if self.restarts != restarts:  # actors were replaced; their queues resubmitted
+                for s in range(len(load)):
+                    load[s] = sum(self._tickets[t].slot == s for t in tickets.values())
         return results  # type: ignore[return-value]
 
     def shutdown(self) -> None:
         for actor in self.actors:
-            ray.kill(actor)
+            if actor is not None:
+                ray.kill(actor)
         self.actors = []
 
 

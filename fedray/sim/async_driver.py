@@ -84,6 +84,15 @@ class _Version:
         return self.ref
 
 
+@dataclass
+class _Group:
+    """A group of dispatched clients submitted to the pool as one job."""
+
+    unconsumed: int  # its tasks whose arrival the driver has not consumed yet
+    planned_bytes: np.ndarray  # upload bytes the cost model charged each task at dispatch
+    result: GroupResult | None = None  # fetched at the first arrival that needs it
+
+
 _EVENT_COLUMNS = (
     "client_id",
     "status",
@@ -131,8 +140,7 @@ class AsyncDriver(Driver):
         self._in_flight: dict[int, InFlight] = {}  # seq -> task
         self._busy: set[int] = set()  # client ids in flight
         self._pending: list[InFlight] = []  # dispatched, not yet submitted to the pool
-        # ticket -> [GroupResult | None, unconsumed tasks, planned upload bytes per task]
-        self._groups: dict[int, list] = {}
+        self._groups: dict[int, _Group] = {}  # pool ticket -> its group
         self._versions: dict[int, _Version] = {}
         self._next_seq = 0
         self._last_step = (0, 0)  # (round, dispatch number) at the last server step
@@ -269,26 +277,25 @@ class AsyncDriver(Driver):
         )
         for row, t in enumerate(tasks):
             t.ticket, t.row = ticket, row
-        self._groups[ticket] = [None, len(tasks), np.array([t.plan.bytes_up for t in tasks])]
+        self._groups[ticket] = _Group(len(tasks), np.array([t.plan.bytes_up for t in tasks]))
 
     def _result_of(self, task: InFlight) -> tuple[GroupResult, int]:
         if task.ticket is None:  # the earliest arrival is still waiting for a full group
             self._submit_pending()
-        entry = self._groups[task.ticket]
-        if entry[0] is None:
+        group = self._groups[task.ticket]
+        if group.result is None:
             half_group = max(1, self.cfg.group_size() // 2)
             if len(self._pending) >= half_group and not self.pool.done(task.ticket):
                 # About to block: hand the actors what is already dispatched rather than let
                 # them drain their queues while the driver waits.
                 self._submit_pending()
-            entry[0] = self.pool.fetch(task.ticket)
-            ok = ~entry[0].quarantined
-            self.links.check_uploads(entry[0].bytes_up[ok], entry[2][ok])
-        result = entry[0]
-        entry[1] -= 1
-        if entry[1] == 0:
+            group.result = self.pool.fetch(task.ticket)
+            ok = ~group.result.quarantined
+            self.links.check_uploads(group.result.bytes_up[ok], group.planned_bytes[ok])
+        group.unconsumed -= 1
+        if group.unconsumed == 0:
             del self._groups[task.ticket]
-        return result, task.row
+        return group.result, task.row
 
     # ------------------------------------------------------------------ recording
 

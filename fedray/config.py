@@ -30,7 +30,8 @@ from fedray.errors import ConfigError
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are refused everywhere: no option means "infinitely many" or "undefined"
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- distributions
@@ -170,10 +171,10 @@ class SyntheticWorkloadConfig(_Model):
     beta: float = Field(default=1.0, ge=0)
     iid: bool = False
     model: Literal["logreg", "mlp"] = "logreg"
-    hidden: int = Field(default=64, ge=1)
-    min_samples: int = Field(default=50, ge=2)
-    max_samples: int | None = Field(default=None, ge=2)
-    eval_clients: int = Field(default=100, ge=1)
+    hidden: int = Field(default=64, ge=1, le=1 << 16)
+    min_samples: int = Field(default=50, ge=2, le=10**7)
+    max_samples: int | None = Field(default=None, ge=2, le=10**7)
+    eval_clients: int = Field(default=100, ge=1, le=10**7)
 
     def check_num_clients(self, num_clients: int) -> None:
         """Any number of clients works: each one's data is generated from its id."""
@@ -528,19 +529,21 @@ class AsyncConfig(_Model):
     uniformly (``uniform``, as in the FedBuff paper).
     """
 
-    concurrency: int = Field(default=10, ge=1)
-    buffer_size: int | None = Field(default=None, ge=1, description="FedBuff K; default 10")
+    concurrency: int = Field(default=10, ge=1, le=10**7)
+    buffer_size: int | None = Field(
+        default=None, ge=1, le=10**7, description="FedBuff K; default 10"
+    )
     staleness: Literal["constant", "polynomial", "hinge"] = "polynomial"
     staleness_a: float = Field(default=0.5, ge=0)
     staleness_b: float = Field(default=4.0, ge=0)
-    max_staleness: int | None = Field(default=None, ge=0)
+    max_staleness: int | None = Field(default=None, ge=0, le=10**9)
     weighting: Literal["samples", "uniform"] = "samples"
 
 
 class ClientTrainingConfig(_Model):
     lr: float = Field(default=0.01, gt=0)
-    batch_size: int = Field(default=10, ge=1)
-    local_epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=10, ge=1, le=10**7)
+    local_epochs: int = Field(default=1, ge=1, le=10**5)
 
 
 class CodecConfig(_Model):
@@ -594,19 +597,23 @@ MAX_AUTO_BLOCK = 100
 
 
 class ExecutionConfig(_Model):
-    num_workers: int | None = Field(default=None, ge=1, description="default: one per CPU")
+    num_workers: int | None = Field(
+        default=None, ge=1, le=10**5, description="default: one per CPU"
+    )
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0)
     # None: automatic (Config.group_size): 10, or a tenth of the cohort (10 to 100) for the
     # batched blocks of vectorized synchronous rounds.
-    clients_per_task: int | None = Field(default=None, ge=1)
+    clients_per_task: int | None = Field(default=None, ge=1, le=10**7)
     address: str | None = None
-    object_store_mb: int = Field(default=256, ge=80)
+    object_store_mb: int = Field(default=256, ge=80, le=2**24)
     # Small by default: with vectorized training, regenerating a client's data is about half of
     # a worker's work, but every worker holds its own copy; 32 MB keeps the K=100 benchmark's
     # whole process tree under 1.2 GB (64 MB took it to ~1.23 GB). See benchmarks/README.md.
-    data_cache_mb: int = Field(default=32, ge=0)
-    client_state_mb: int = Field(default=256, ge=0, description="in-memory per-client state")
+    data_cache_mb: int = Field(default=32, ge=0, le=2**24)
+    client_state_mb: int = Field(
+        default=256, ge=0, le=2**24, description="in-memory per-client state"
+    )
     # auto: train each group as one batched computation where the workload's model allows it
     # (fedray/execution/batched.py); on: insist (an error where it cannot); off: client by client.
     vectorize: Literal["auto", "on", "off"] = "auto"
@@ -649,7 +656,7 @@ class OutputConfig(_Model):
     tensorboard: bool = True
     # Server steps between checkpoints (<run>/checkpoint/, also written at the end and on
     # SIGINT/SIGTERM): None means 10 rounds (sync) or 100 updates (async); 0 turns them off.
-    checkpoint_every: int | None = Field(default=None, ge=0)
+    checkpoint_every: int | None = Field(default=None, ge=0, le=10**8)
 
     def checkpoint_interval(self, mode: str) -> int:
         if self.checkpoint_every is not None:
@@ -660,14 +667,16 @@ class OutputConfig(_Model):
 class Config(_Model):
     """A complete, validated fedray run configuration."""
 
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
     mode: Literal["sync", "async"] = "sync"
-    rounds: int = Field(default=20, ge=1, description="rounds (sync) or server updates (async)")
-    clients_per_round: int = Field(default=10, ge=1)
-    over_selection: float = Field(default=1.0, ge=1.0)
+    rounds: int = Field(
+        default=20, ge=1, le=10**8, description="rounds (sync) or server updates (async)"
+    )
+    clients_per_round: int = Field(default=10, ge=1, le=10**9)
+    over_selection: float = Field(default=1.0, ge=1.0, le=100.0)
     deadline_s: float | None = Field(default=None, gt=0)
     stragglers: Literal["drop", "partial", "wait"] = "drop"
-    eval_every: int = Field(default=1, ge=1)
+    eval_every: int = Field(default=1, ge=1, le=10**8)
     workload: WorkloadConfig = SyntheticWorkloadConfig()
     clients: ClientsConfig = ClientsConfig()
     strategy: StrategyConfig = StrategyConfig()
@@ -870,22 +879,76 @@ def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"invalid config: {_format_error(err)}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: YAML would
+    keep the last one silently, and a run would quietly use a value the user did not mean."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """A user's YAML file as a mapping, or a one-line :class:`ConfigError` that names the file
+    and the problem: missing, a folder, binary, not UTF-8, invalid YAML, a key given twice,
+    empty, or not a mapping."""
+    path = Path(path)
+    where = f"{what} {str(path)!r}"
+    if not path.is_file():
+        hint = "it is a folder" if path.is_dir() else "not found"
+        raise ConfigError(f"{where}: {hint}; pass the path of a YAML file")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(
+            f"{where} cannot be read ({err.strerror}); check its permissions"
+        ) from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{where} is UTF-16 text; save it as UTF-8")
+    if b"\x00" in raw:
+        raise ConfigError(f"{where} is a binary file, not YAML text; pass a .yaml config")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{where} is not UTF-8 text (byte {err.start} is 0x{raw[err.start]:02x}); save it as "
+            "UTF-8"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise ConfigError(f"{where} is not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} nests too deeply to be a config") from None
+    if data is None:
+        raise ConfigError(
+            f"{where} is empty; write at least the keys you want to set (see configs/ for examples)"
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, apply dotted ``key=value`` overrides and validate."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found; pass the path of a YAML file")
+    data = read_yaml_mapping(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}") from None
-    if not isinstance(data, dict):
+        cfg = config_from_dict(data, overrides)
+    except ConfigError as err:
         raise ConfigError(
-            f"config file {str(path)!r} must be a mapping of keys, got {type(data).__name__}"
-        )
-    cfg = config_from_dict(data, overrides)
+            str(err).replace("invalid config:", f"invalid config {str(path)!r}:", 1)
+        ) from None
     if cfg.clients.profile.trace is not None and not cfg.clients.profile.trace.is_absolute():
         # Trace paths are relative to the config file, so configs stay runnable from anywhere.
         candidate = path.parent / cfg.clients.profile.trace

@@ -658,6 +658,27 @@ class OutputConfig(_Model):
     # SIGINT/SIGTERM): None means 10 rounds (sync) or 100 updates (async); 0 turns them off.
     checkpoint_every: int | None = Field(default=None, ge=0, le=10**8)
 
+    @model_validator(mode="after")
+    def _name_stays_inside_root(self):
+        name = self.name
+        if name is None:
+            return self
+        bad = (
+            not name.strip()
+            or name in (".", "..")
+            or name.startswith("..")
+            or any(c in name for c in "/\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)
+            or len(name.encode()) > 255
+        )
+        if bad:
+            raise ValueError(
+                f"output.name {name!r} must be a plain folder name inside output.root (no '/', "
+                "'\\', '..' or control characters); pass e.g. --name prox90 and choose the folder "
+                "with --out"
+            )
+        return self
+
     def checkpoint_interval(self, mode: str) -> int:
         if self.checkpoint_every is not None:
             return self.checkpoint_every

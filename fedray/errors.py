@@ -12,6 +12,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """A library's error message folded onto one line (pandas and pyarrow messages span several)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class ConfigError(UserError):
     """An invalid config file, key, type or value."""
 

@@ -23,10 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedray.config import load_config
+from fedray.config import load_config, read_yaml_mapping
 from fedray.errors import ConfigError, UserError
 
 _X_LABELS = {
@@ -57,15 +56,12 @@ def read_spec(path: str | Path, model: type[BaseModel], kind: str) -> BaseModel:
     """Validate the YAML file at ``path`` against ``model``; errors are one line naming the key.
     Shared by study and sweep files."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{kind} file {str(path)!r} not found")
+    data = read_yaml_mapping(path, f"{kind} file")  # binary, encodings, duplicates, empty
     try:
-        return model.model_validate(yaml.safe_load(path.read_text()) or {})
-    except (yaml.YAMLError, ValidationError) as err:
-        first = err.errors()[0] if isinstance(err, ValidationError) else None
-        where = (
-            ".".join(map(str, first["loc"])) + ": " + first["msg"] if first else "not valid YAML"
-        )
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(map(str, first["loc"])) + ": " + first["msg"]
         raise ConfigError(f"{kind} file {str(path)!r}: {where}") from None
 
 

@@ -121,7 +121,8 @@ def test_no_traceback_from_the_real_executable(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "fedray: error: invalid config: rounds = -1: Input should be greater than or equal to 1"
+        f"fedray: error: invalid config {str(path)!r}: rounds = -1: Input should be greater than "
+        "or equal to 1"
     ]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from fedray import seeding
 from fedray.config import PROFILE_FIELDS, Constant, LogNormal, ProfileConfig, Uniform
-from fedray.errors import UserError
+from fedray.errors import UserError, one_line
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def load_trace(path: Path) -> dict[str, np.ndarray]:
     except UserError:
         raise
     except Exception as err:  # pandas raises many types for malformed files
-        raise UserError(f"trace file {str(path)!r} could not be read: {err}") from None
+        raise UserError(f"trace file {str(path)!r} could not be read: {one_line(err)}") from None
     unknown = [c for c in frame.columns if c not in PROFILE_FIELDS and c != "client_id"]
     if unknown:
         raise UserError(

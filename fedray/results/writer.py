@@ -8,6 +8,7 @@ deleted once the new run finished; if the new run fails, the old one is put back
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -29,6 +30,14 @@ TB_DIR = "tb"
 PARTS_DIR = ".parts"
 
 
+@functools.cache
+def warm_parquet_writer() -> None:
+    """Pay pyarrow's one-time cost of a first Parquet write (~180 ms: codecs, writer
+    properties) now, during start-up, rather than at the first flush in the middle of the
+    rounds (measured: round 11 of a K=100 run took 220 ms instead of 60)."""
+    pq.write_table(pa.schema([pa.field("x", pa.int64())]).empty_table(), pa.BufferOutputStream())
+
+
 class TableSink:
     """Appends column batches to one Parquet table with a fixed schema, written in parts.
 
@@ -46,6 +55,7 @@ class TableSink:
         start_part: int = 0,
     ):
         self.path, self.schema, self.rows_per_group = path, schema, rows_per_group
+        warm_parquet_writer()
         self.parts_dir = parts_dir or path.parent / PARTS_DIR
         self.parts_dir.mkdir(exist_ok=True)
         self.parts = start_part

@@ -20,6 +20,7 @@ import numpy as np
 
 from fedray import seeding
 from fedray.clients.profiles import ProfileModel
+from fedray.sim.links import Transfers
 from fedray.sim.round_plan import DROPPED, plan_round
 from fedray.sim.selection import is_available
 
@@ -52,7 +53,7 @@ class DispatchPlanner:
         profiles: ProfileModel,
         num_train_samples,
         local_epochs: int,
-        transfer_bytes: Callable[[np.ndarray, int], tuple[np.ndarray, ...]],
+        transfer_bytes: Callable[[np.ndarray, int], Transfers],
         block: int = 256,
         candidates: int = 4,
     ):
@@ -60,8 +61,7 @@ class DispatchPlanner:
         self.profiles = profiles
         self.num_train_samples = num_train_samples
         self.local_epochs = local_epochs
-        # (client ids, broadcast bytes) -> per client: upload bytes, uncompressed upload bytes,
-        # download bytes, uncompressed download bytes (Links.transfer_bytes)
+        # (client ids, broadcast bytes) -> per-client byte counts (Links.transfer_bytes)
         self.transfer_bytes = transfer_bytes
         self.block, self.width = block, candidates
         self._cached: tuple | None = None  # (block index, model bytes, candidates, online, plan)
@@ -94,7 +94,13 @@ class DispatchPlanner:
     def _plan(self, ids: np.ndarray, seqs: np.ndarray, model_bytes: int):
         # With "wait" and room for everyone, each client's plan is independent of the others.
         num_samples = self.num_train_samples(ids)
-        update_bytes, raw_bytes, down_bytes, down_raw = self.transfer_bytes(ids, model_bytes)
+        sizes = self.transfer_bytes(ids, model_bytes)
+        update_bytes, raw_bytes, down_bytes, down_raw = (
+            sizes.up,
+            sizes.up_raw,
+            sizes.down,
+            sizes.down_raw,
+        )
         plan = plan_round(
             seed=self.seed,
             round_=seqs,

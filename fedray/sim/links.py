@@ -10,6 +10,7 @@ rows a client uploads under a row-sparse layout (:mod:`fedray.execution.layout`)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,17 @@ from fedray import seeding
 from fedray.clients.state_store import ClientStateStore
 from fedray.compression import make_codec
 from fedray.execution.layout import ROW_COUNT_BYTES, ROW_ID_BYTES, FlatLayout
+
+
+@dataclass(frozen=True)
+class Transfers:
+    """Per client: the bytes of one upload payload and of the download, coded and as
+    uncompressed float32 (what the same transfer would have cost without a codec)."""
+
+    up: np.ndarray
+    up_raw: np.ndarray
+    down: np.ndarray
+    down_raw: np.ndarray
 
 
 class Links:
@@ -74,11 +86,11 @@ class Links:
             return np.full(n, model_bytes, np.int64), np.full(n, self.raw_bytes, np.int64)
         return self._sizes_of(self.downlink, num_rows)
 
-    def transfer_bytes(
-        self, num_rows: np.ndarray | None, n: int, model_bytes: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`upload_bytes` then :meth:`download_bytes`, from one row count per client."""
-        return (*self.upload_bytes(num_rows, n), *self.download_bytes(num_rows, n, model_bytes))
+    def transfer_bytes(self, num_rows: np.ndarray | None, n: int, model_bytes: int) -> Transfers:
+        """:meth:`upload_bytes` and :meth:`download_bytes`, from one row count per client."""
+        up, up_raw = self.upload_bytes(num_rows, n)
+        down, down_raw = self.download_bytes(num_rows, n, model_bytes)
+        return Transfers(up, up_raw, down, down_raw)
 
     def broadcast(self, params: np.ndarray, key: int) -> tuple[np.ndarray, int]:
         """The model clients start from (as decoded from the downlink payload) and the payload's

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import ray
@@ -28,6 +29,7 @@ from fedray.execution.batched import resolve_mode
 from fedray.execution.worker import GroupJob, Task
 from fedray.privacy import Accountant
 from fedray.sim.driver import Driver, DriverState
+from fedray.sim.links import Transfers
 from fedray.sim.recorder import QUARANTINED, Tally, round_row
 from fedray.sim.round_plan import DROPPED, PARTIAL, STRAGGLER, RoundPlan, plan_round
 from fedray.sim.selection import select_clients
@@ -192,7 +194,7 @@ class SyncDriver(Driver):
                 losses[at], quarantined[at] = result.train_loss, result.quarantined
                 clipped += result.num_clipped
                 ok = ~result.quarantined
-                self.links.check_uploads(result.bytes_up[ok], bytes_["up"][at][ok] * self.payloads)
+                self.links.check_uploads(result.bytes_up[ok], bytes_.up[at][ok] * self.payloads)
                 aggregate.merge(result.aggregate)
                 self.client_states.update(result.states)
             self.pipeline.finalize(aggregate, round_)
@@ -204,13 +206,13 @@ class SyncDriver(Driver):
             state.server.params if evaluate else None,
         )  # fmt: skip
 
-    def _plan(self, round_: int, cohort, num_samples, model_bytes: int) -> tuple[RoundPlan, dict]:
-        """The round in virtual time (:func:`plan_round`) and per client the bytes it implies:
-        ``up`` (one payload), ``up_raw``, ``down_raw``, ``down``."""
+    def _plan(
+        self, round_: int, cohort, num_samples, model_bytes: int
+    ) -> tuple[RoundPlan, Transfers]:
+        """The round in virtual time (:func:`plan_round`) and per client the bytes it implies
+        (one upload payload; the download counts every payload it carries)."""
         cfg = self.cfg
-        up, up_raw, down, down_raw = self.links.transfer_bytes(
-            self.num_client_rows(cohort), len(cohort), model_bytes
-        )
+        sizes = self.links.transfer_bytes(self.num_client_rows(cohort), len(cohort), model_bytes)
         plan = plan_round(
             seed=cfg.seed,
             round_=round_,
@@ -218,18 +220,13 @@ class SyncDriver(Driver):
             profiles=self.profiles.lookup(cohort),
             num_samples=num_samples,
             local_epochs=cfg.client.local_epochs,
-            model_bytes=down,
-            update_bytes=up * self.payloads,
+            model_bytes=sizes.down,
+            update_bytes=sizes.up * self.payloads,
             clients_per_round=cfg.clients_per_round,
             deadline_s=cfg.deadline_s,
             policy=cfg.stragglers,
         )
-        return plan, {
-            "up": up,
-            "up_raw": up_raw,
-            "down": down,
-            "down_raw": down_raw * self.payloads,
-        }
+        return plan, replace(sizes, down_raw=sizes.down_raw * self.payloads)
 
     def _rows(
         self, round_, plan, num_samples, bytes_, losses, quarantined, clipped, wall_start,
@@ -250,10 +247,8 @@ class SyncDriver(Driver):
             quarantined=int(quarantined.sum()),
             bytes_up=int(plan.bytes_up.sum()),
             bytes_down=int(plan.bytes_down.sum()),
-            bytes_up_raw=int(bytes_["up_raw"][accepted].sum()) * self.payloads,
-            bytes_down_raw=int(
-                np.round(plan.bytes_down * (bytes_["down_raw"] / bytes_["down"])).sum()
-            ),
+            bytes_up_raw=int(bytes_.up_raw[accepted].sum()) * self.payloads,
+            bytes_down_raw=int(np.round(plan.bytes_down * (bytes_.down_raw / bytes_.down)).sum()),
             staleness=[0] * int(aggregated.sum()),
             losses=list(losses[aggregated]),
             samples=list(num_samples[aggregated]),

@@ -450,11 +450,16 @@ _STRATEGY_OPTIONS = {
     "fedadagrad": {"beta1", "tau", "initial_accumulator", "bias_correction"},
     "fedadam": {"beta1", "beta2", "tau", "initial_accumulator", "bias_correction"},
     "fedyogi": {"beta1", "beta2", "tau", "initial_accumulator", "bias_correction"},
-    "robust": {"rule", "beta", "f", "m"},
+    "robust": {"rule", "beta", "f", "m", "weighting"},
     "fedasync": {"alpha"},
     "scaffold": set(),
 }
 _FEDOPT = ("fedadagrad", "fedadam", "fedyogi")
+
+
+def _bias_correction_alias(value: Any) -> Any:
+    # `bias_correction: true` predates the three conventions and meant Adam's corrected moments.
+    return {True: "moments", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
 
 class StrategyConfig(_Model):
@@ -480,11 +485,15 @@ class StrategyConfig(_Model):
     beta2: float | None = Field(default=None, ge=0, lt=1)
     tau: float | None = Field(default=None, gt=0)
     initial_accumulator: float | None = Field(default=None, ge=0)
-    bias_correction: bool | None = None
+    # none | moments | step (fedray.strategies.fedopt); YAML true/false mean moments/none
+    bias_correction: Annotated[
+        Literal["none", "moments", "step"] | None, BeforeValidator(_bias_correction_alias)
+    ] = None
     rule: Literal["median", "trimmed_mean", "krum", "multi_krum"] | None = None
     beta: float | None = Field(default=None, ge=0, lt=0.5)
     f: int | None = Field(default=None, ge=0)
     m: int | None = Field(default=None, ge=1)
+    weighting: Literal["uniform", "num_samples"] | None = None  # multi_krum
     alpha: float | None = Field(default=None, gt=0, le=1, description="FedAsync mixing weight")
 
     @model_validator(mode="after")
@@ -511,6 +520,9 @@ class StrategyConfig(_Model):
             )
         if self.server_lr is None and self.name != "fedasync":
             self.server_lr = 0.01 if self.name in _FEDOPT else 1.0
+        from fedray.strategies import make_server_strategy
+
+        make_server_strategy(self)  # the strategy's own checks (a ValueError naming the option)
         return self
 
 

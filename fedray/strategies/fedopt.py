@@ -17,16 +17,21 @@ per coordinate):
 The paper starts from v_{−1} ≥ τ²; ``initial_accumulator`` sets v_{−1} and defaults (None) to
 τ². Flower starts from v_{−1} = 0; pass ``initial_accumulator=0.0`` to match it.
 
-Bias correction. The paper has none, and neither does the default here
-(``bias_correction=False``). With ``bias_correction=True`` the step uses Adam's corrected moments
-(Kingma & Ba 2015, Algorithm 1), with t = 1 on the first server update:
+Bias correction (``bias_correction``), with t = 1 on the first server update:
 
-    m̂_t = m_t / (1 − β1^t),    v̂_t = v_t / (1 − β2^t),    x_{t+1} = x_t + η · m̂_t / (√v̂_t + τ).
+* ``none`` (the default) — the paper's Algorithm 2 has none: the step above as written.
+* ``moments`` — Adam's corrected moments (Kingma & Ba 2015, Algorithm 1):
+  m̂_t = m_t / (1 − β1^t), v̂_t = v_t / (1 − β2^t), x_{t+1} = x_t + η · m̂_t / (√v̂_t + τ).
+  Only m is corrected for FedAdagrad: its v is a running sum, not a decaying average.
+* ``step`` — Flower's convention (``flwr`` FedAdam): the correction folded into the step size,
+  τ left uncorrected, with Flower's round index (its rounds count from 1 and it raises β to the
+  round + 1): η_t = η · √(1 − β2^(t+1)) / (1 − β1^(t+1)), x_{t+1} = x_t + η_t · m_t / (√v_t + τ).
+  FedAdam and FedYogi only: FedAdagrad's v has no β2 to correct.
 
-Only m is corrected for FedAdagrad: its v is a running sum, not a decaying average, so it has no
-start-up bias. Implementations that fold Adam's correction into the learning rate instead
-(η_t = η · √(1 − β2^t) / (1 − β1^t), Kingma & Ba's efficient form) leave τ uncorrected, so their
-steps differ slightly from the form above. The moments are kept in float64 so a resumed run
+``moments`` and ``step`` differ by where τ sits (``moments`` effectively rescales it by
+√(1 − β2^t)) and by one in the exponent. YAML booleans keep working: ``true`` means ``moments``,
+``false`` ``none``. To reproduce a Flower run use ``bias_correction: step`` with
+``initial_accumulator: 0`` and Flower's τ (1e-9). The moments are kept in float64 so a resumed run
 continues bit-for-bit; the model is stored as float32 like every other strategy. The mean is
 linear, so workers pre-sum n_k Δ_k.
 """
@@ -41,6 +46,8 @@ import numpy as np
 
 from fedray.strategies.aggregate import Aggregate
 from fedray.strategies.base import Strategy
+
+BIAS_CORRECTIONS = ("none", "moments", "step")
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ class FedOpt(Strategy):
     beta2: float = 0.99  # unused by FedAdagrad
     tau: float = 1e-3  # τ, the degree of adaptivity
     initial_accumulator: float | None = None  # v_{−1}; None means τ², as in the paper
-    bias_correction: bool = False  # the paper has none; see the module docstring
+    bias_correction: str = "none"  # none | moments | step; see the module docstring
 
     second_moment: ClassVar[Callable[[np.ndarray, np.ndarray, float], np.ndarray]]
     corrects_v: ClassVar[bool] = True  # whether bias_correction also rescales v
@@ -90,6 +97,17 @@ class FedOpt(Strategy):
                 raise ValueError(f"{name} {key} must be in [0, 1), got {getattr(self, key)!r}")
         if not self.tau > 0:
             raise ValueError(f"{name} tau must be > 0, got {self.tau!r}")
+        mode = {True: "moments", False: "none"}.get(self.bias_correction, self.bias_correction)
+        object.__setattr__(self, "bias_correction", mode)  # booleans: the old spelling
+        if mode not in BIAS_CORRECTIONS:
+            raise ValueError(
+                f"{name} bias_correction must be one of {', '.join(BIAS_CORRECTIONS)}, got {mode!r}"
+            )
+        if mode == "step" and not self.corrects_v:
+            raise ValueError(
+                f"{name} has no second-moment decay to fold into the step: use bias_correction "
+                "none or moments"
+            )
         if self.initial_accumulator is not None and not self.initial_accumulator >= 0:
             raise ValueError(
                 f"{name} initial_accumulator must be >= 0 (or None for tau**2), "
@@ -112,13 +130,19 @@ class FedOpt(Strategy):
         delta = aggregate.mean()
         m = self.beta1 * state.m + (1.0 - self.beta1) * delta
         v = self.second_moment(state.v, delta * delta, self.beta2)
-        m_hat, v_hat = m, v
-        if self.bias_correction:
-            t = state.version + 1
+        t = state.version + 1
+        m_hat, v_hat, lr = m, v, self.server_lr
+        if self.bias_correction == "moments":
             m_hat = m / (1.0 - self.beta1**t)
             if self.corrects_v:
                 v_hat = v / (1.0 - self.beta2**t)
-        step = self.server_lr * m_hat / (np.sqrt(v_hat) + self.tau)
+        elif self.bias_correction == "step":
+            lr = (
+                self.server_lr
+                * np.sqrt(1.0 - self.beta2 ** (t + 1))
+                / (1.0 - self.beta1 ** (t + 1))
+            )
+        step = lr * m_hat / (np.sqrt(v_hat) + self.tau)
         params = (state.params.astype(np.float64) + step).astype(np.float32)
         return AdaptiveState(params=params, m=m, v=v, version=state.version + 1)
 

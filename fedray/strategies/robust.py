@@ -13,14 +13,18 @@ Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017. With at most f 
 
     score(i) = Σ_{j ∈ N_i} ‖U_i − U_j‖²,   N_i = the max(1, n − f − 2) updates nearest to U_i,
 
-Krum returns the update with the lowest score and Multi-Krum the plain mean of the m updates with
-the lowest scores (ties go to the lower row index). The paper's guarantee needs n > 2f + 2; with
+Krum returns the update with the lowest score and Multi-Krum the mean of the m updates with the
+lowest scores (ties go to the lower row index): a plain mean as in the paper (``weighting:
+uniform``, the default), or weighted by the chosen clients' sample counts as Flower's
+``aggregate_krum`` does (``weighting: num_samples``). The paper's guarantee needs n > 2f + 2; with
 fewer updates (a small cohort, or dropouts) the score still uses the single nearest neighbour, as
 Flower does, so a round degrades gracefully instead of failing. That is what makes the check
 vector "f = 1 over 0.2, 0.7, 1.0 selects 0.7" hold (scores 0.25, 0.09, 0.09; the tie goes first).
 
-Client weights n_k steer none of the rules: a Byzantine client can report any n_k, so letting it
-weigh in would undo the robustness. Rows with weight 0 (clients that did no work) are left out.
+Client weights n_k steer none of the rules by default: a Byzantine client can report any n_k, so
+letting it weigh in would undo the robustness — which is why Multi-Krum's ``num_samples``
+weighting is an option for reproducing Flower, not the default (even there the n_k only weigh
+the updates Krum already chose). Rows with weight 0 (clients that did no work) are left out.
 """
 
 from __future__ import annotations
@@ -88,8 +92,11 @@ def krum(updates: np.ndarray, f: int) -> np.ndarray:
     return u[int(np.argmin(krum_scores(u, f)))].copy()
 
 
-def multi_krum(updates: np.ndarray, f: int, m: int | None = None) -> np.ndarray:
-    """Mean of the m rows with the lowest Krum scores; m = None means max(1, n − f)."""
+def multi_krum(
+    updates: np.ndarray, f: int, m: int | None = None, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Mean of the m rows with the lowest Krum scores (weighted by ``weights`` if given, e.g.
+    sample counts); m = None means max(1, n − f)."""
     u = _as_update_matrix(updates)
     n = u.shape[0]
     scores = krum_scores(u, f)
@@ -99,7 +106,9 @@ def multi_krum(updates: np.ndarray, f: int, m: int | None = None) -> np.ndarray:
             f"Multi-Krum m (updates averaged) must be an integer in [1, n={n}], got {m!r}"
         )
     chosen = np.sort(np.argsort(scores, kind="stable")[:m])  # fixed summation order
-    return u[chosen].mean(axis=0)
+    if weights is None:
+        return u[chosen].mean(axis=0)
+    return np.average(u[chosen], axis=0, weights=np.asarray(weights, dtype=np.float64)[chosen])
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,7 @@ class RobustAggregation(Strategy):
     beta: float | None = None  # trimmed_mean: fraction cut per side, in [0, 0.5)
     f: int | None = None  # krum, multi_krum: Byzantine clients tolerated
     m: int | None = None  # multi_krum: updates averaged; None means n − f
+    weighting: Literal["uniform", "num_samples"] | None = None  # multi_krum; None: uniform
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -121,6 +131,7 @@ class RobustAggregation(Strategy):
             "beta": self.rule == "trimmed_mean",
             "f": self.rule in ("krum", "multi_krum"),
             "m": self.rule == "multi_krum",
+            "weighting": self.rule == "multi_krum",  # Krum returns one row: nothing to weigh
         }
         for key, used in takes.items():
             if not used and getattr(self, key) is not None:
@@ -137,20 +148,24 @@ class RobustAggregation(Strategy):
             isinstance(self.f, bool) or not isinstance(self.f, int) or self.f < 0
         ):
             raise ValueError(f"f must be an integer >= 0, got {self.f!r}")
+        if self.weighting not in (None, "uniform", "num_samples"):
+            raise ValueError(f"weighting must be uniform or num_samples, got {self.weighting!r}")
         if self.m is not None and (
             isinstance(self.m, bool) or not isinstance(self.m, int) or self.m < 1
         ):
             raise ValueError(f"m must be an integer >= 1, got {self.m!r}")
 
-    def combine(self, updates: np.ndarray) -> np.ndarray:
-        """rule(U) for a stack of individual updates ([n, d] → [d], float64)."""
+    def combine(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """rule(U) for a stack of individual updates ([n, d] → [d], float64); ``weights`` (the
+        clients' sample counts) matter only to Multi-Krum with ``weighting: num_samples``."""
         if self.rule == "median":
             return coordinate_median(updates)
         if self.rule == "trimmed_mean":
             return trimmed_mean(updates, self.beta)
         if self.rule == "krum":
             return krum(updates, self.f)
-        return multi_krum(updates, self.f, self.m)
+        by_samples = self.weighting == "num_samples"
+        return multi_krum(updates, self.f, self.m, weights if by_samples else None)
 
     def new_aggregate(self) -> Aggregate:
         return Aggregate.stacked()
@@ -187,6 +202,6 @@ class RobustAggregation(Strategy):
         reported = weights > 0
         if not reported.any():
             return state  # nobody reported: the model stays, the version does not advance
-        step = self.combine(updates[reported])
+        step = self.combine(updates[reported], weights[reported])
         params = (state.params.astype(np.float64) + self.server_lr * step).astype(np.float32)
         return ServerState(params=params, version=state.version + 1)

@@ -4,6 +4,7 @@ only its own loop."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,11 @@ class Driver:
             cum_bytes_down=int(saved["cum_bytes_down"]),
             queue=saved.get("queue") or {},
         )
+        if self.state_dir is not None:  # spill files a killed process left behind
+            self.client_states.close()
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            budget = self.cfg.execution.client_state_mb * 2**20
+            self.client_states = ClientStates(budget, self.state_dir)
         self.client_states.load(checkpoint.client_state_path(self.run_path))
 
     def close(self) -> None:

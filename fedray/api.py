@@ -106,7 +106,7 @@ def start_ray(cfg: Config, verbose: bool) -> bool:
 
 def _privacy_summary(cfg: Config, rounds: int) -> dict | None:
     """The run's DP-FedAvg guarantee after ``rounds`` rounds (None without ``privacy``)."""
-    from fedray.privacy import ACCOUNTANT, Accountant
+    from fedray.privacy import Accountant
 
     accountant = Accountant.of(cfg)
     if accountant is None:
@@ -117,7 +117,8 @@ def _privacy_summary(cfg: Config, rounds: int) -> dict | None:
         "noise_multiplier": accountant.noise_multiplier,
         "clip_norm": cfg.privacy.clip_norm,
         "sample_rate": accountant.sample_rate,
-        "accountant": ACCOUNTANT,
+        "accountant": accountant.name,
+        "sampling": accountant.sampling,
     }
 
 

@@ -640,6 +640,9 @@ class PrivacyConfig(_Model):
     clip_norm: float = Field(gt=0)
     noise_multiplier: float = Field(ge=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)
+    # fixed: M = ceil(K * over_selection) clients without replacement; poisson: every client
+    # independently with probability K / N (the paper's sampling; fedray.privacy)
+    sampling: Literal["fixed", "poisson"] = "fixed"
 
 
 class RobustnessConfig(_Model):
@@ -758,6 +761,11 @@ class Config(_Model):
             raise ValueError(
                 "privacy (DP-FedAvg) supports synchronous rounds only; set mode: sync or remove "
                 "privacy"
+            )
+        if self.privacy.sampling == "poisson" and self.over_selection != 1.0:
+            raise ValueError(
+                "privacy.sampling poisson draws each client with probability K/N; over_selection "
+                "does not apply — remove it or use sampling: fixed"
             )
         profile = self.clients.profile
         dists = [profile.availability] + [t.availability for t in profile.tiers or ()]

@@ -38,3 +38,16 @@ def select_clients(
         if len(online) >= count or draw == num_clients:
             return online[:count].astype(np.int64)
         draw = min(num_clients, draw * 4)
+
+
+def select_poisson(
+    *, seed: int, round_: int, num_clients: int, rate: float, profiles: ProfileModel
+) -> np.ndarray:
+    """Poisson sampling: every client takes part independently with probability ``rate``, drawn
+    as its equivalent — a Binomial(N, rate) cohort size, then a uniform subset of that size — so
+    a round costs O(cohort), not O(N). Seeded by (seed, "selection.poisson", round); the
+    available clients among them, in the drawn order."""
+    rng = seeding.generator(seed, "selection.poisson", 0, round_)
+    size = int(rng.binomial(num_clients, rate))
+    cohort = rng.choice(num_clients, size=size, replace=False, shuffle=True)
+    return cohort[is_available(profiles, seed, cohort, round_)].astype(np.int64)

@@ -32,7 +32,7 @@ from fedray.sim.driver import Driver, DriverState
 from fedray.sim.links import Transfers
 from fedray.sim.recorder import QUARANTINED, Tally, round_row
 from fedray.sim.round_plan import DROPPED, PARTIAL, STRAGGLER, RoundPlan, plan_round
-from fedray.sim.selection import select_clients
+from fedray.sim.selection import select_clients, select_poisson
 from fedray.strategies import Scaffold
 from fedray.workloads import Workload
 
@@ -163,13 +163,7 @@ class SyncDriver(Driver):
         aggregated clients' durations, and the model to evaluate (None when not evaluated)."""
         cfg, state = self.cfg, self.state
         round_ = state.round + 1
-        cohort = select_clients(
-            seed=cfg.seed,
-            round_=round_,
-            num_clients=cfg.clients.num_clients,
-            count=cfg.num_selected,
-            profiles=self.profiles,
-        )
+        cohort = self._select(round_)
         num_samples = self.workload.num_train_samples(cohort)
         received, model_bytes = self.broadcast(round_)
         plan, bytes_ = self._plan(round_, cohort, num_samples, model_bytes)
@@ -206,6 +200,14 @@ class SyncDriver(Driver):
             state.server.params if evaluate else None,
         )  # fmt: skip
 
+    def _select(self, round_: int) -> np.ndarray:
+        cfg = self.cfg
+        common = dict(seed=cfg.seed, round_=round_, num_clients=cfg.clients.num_clients)
+        if cfg.privacy is not None and cfg.privacy.sampling == "poisson":
+            rate = cfg.clients_per_round / cfg.clients.num_clients
+            return select_poisson(**common, rate=rate, profiles=self.profiles)
+        return select_clients(**common, count=cfg.num_selected, profiles=self.profiles)
+
     def _plan(
         self, round_: int, cohort, num_samples, model_bytes: int
     ) -> tuple[RoundPlan, Transfers]:
@@ -222,11 +224,16 @@ class SyncDriver(Driver):
             local_epochs=cfg.client.local_epochs,
             model_bytes=sizes.down,
             update_bytes=sizes.up * self.payloads,
-            clients_per_round=cfg.clients_per_round,
+            # a Poisson cohort is aggregated whole: its size is the sampling's, not K
+            clients_per_round=self._quorum(len(cohort)),
             deadline_s=cfg.deadline_s,
             policy=cfg.stragglers,
         )
         return plan, replace(sizes, down_raw=sizes.down_raw * self.payloads)
+
+    def _quorum(self, cohort_size: int) -> int:
+        poisson = self.cfg.privacy is not None and self.cfg.privacy.sampling == "poisson"
+        return max(cohort_size, 1) if poisson else self.cfg.clients_per_round
 
     def _rows(
         self, round_, plan, num_samples, bytes_, losses, quarantined, clipped, wall_start,

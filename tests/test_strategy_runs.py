@@ -52,3 +52,11 @@ def test_multi_krum_is_deterministic_across_workers_and_skips_thin_rounds(
     thin = one.rounds["num_completed"] < 4
     versions = one.rounds["model_version"].to_numpy()
     assert (np.diff(np.r_[0, versions]) == np.where(thin, 0, 1)).all()
+
+
+def test_sync_client_events_record_the_version_clients_started_from(ray_session, small_config):
+    result = fedray.run(config_from_dict(small_config), progress=False)
+    events, rounds = result.clients, result.rounds
+    started = events.groupby("round")["model_version"].unique()
+    # round r trains from the model after r - 1 server steps (no round here is empty)
+    assert [list(v) for v in started] == [[r - 1] for r in rounds["round"]]

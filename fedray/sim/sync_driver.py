@@ -173,6 +173,7 @@ class SyncDriver(Driver):
             cfg.group_size(self.vectorized),
             cfg.client.batch_size if self.vectorized else None,
         )
+        dispatch, dispatch_version = state.sim_time_s, state.server.version  # what clients got
         aggregate = self.strategy.new_aggregate()
         losses = np.full(len(cohort), np.nan)
         quarantined, clipped = np.zeros(len(cohort), bool), 0
@@ -193,7 +194,6 @@ class SyncDriver(Driver):
                 self.client_states.update(result.states)
             self.pipeline.finalize(aggregate, round_)
             state.server = self.strategy.server_step(state.server, aggregate)
-        dispatch, dispatch_version = state.sim_time_s, state.server.version
         evaluate = round_ % cfg.eval_every == 0 or round_ == cfg.rounds
         return (
             *self._rows(round_, plan, num_samples, bytes_, losses, quarantined, clipped, wall_start, dispatch, dispatch_version),

@@ -296,7 +296,9 @@ def run(
                     driver.restore(saved)
                 state = driver.run()
                 if driver.checkpoint_every:
-                    driver.save_checkpoint()  # at the end too: a finished run can be extended
+                    # at the end too: the final state (model, optimizer, client state) stays
+                    # on disk beside the tables
+                    driver.save_checkpoint()
             except Stop as stop:
                 summary.update(status="interrupted", checkpoint_round=stop.round)
                 raise RunInterrupted(stop.signum, stop.round, run_dir.path) from None

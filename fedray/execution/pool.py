@@ -5,7 +5,10 @@ group of clients so the ~1 ms actor round trip is amortised. Groups are handed o
 most expensive first (longest-processing-time-first keeps the makespan short under heavy-tailed
 client sizes), with a little queueing per actor so no actor idles between calls. Results are
 returned in group order, whatever order they finished in, so downstream sums are deterministic.
-An actor that dies is replaced and its groups are retried on the pool.
+An actor that dies is replaced and every job it held is resubmitted (``restarts`` counts them);
+if the cluster has no room left for a replacement (its node is gone) the pool goes on with the
+actors it has — a job's result never depends on which actor ran it. Actors are named
+``fedray.worker.<pool>.<slot>.<generation>`` so ``ray list actors`` tells pools apart.
 """
 
 from __future__ import annotations

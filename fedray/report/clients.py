@@ -22,7 +22,6 @@ from fedray.report.style import (
 )
 
 TIMELINE_CLIENTS = 30  # rows a timeline draws: readable at 100% zoom whatever the population
-_MAX_POINTS = 2000  # points of a rank curve: more are below a pixel apart
 
 
 def timeline_figure(run: Run, out: Path, k: int = TIMELINE_CLIENTS) -> tuple[Path, dict]:
@@ -148,8 +147,8 @@ def _rects(ax, rows, left, width, height: float = 0.8, **style) -> None:
 
 
 def participation_figure(run: Run, out: Path) -> tuple[Path, dict]:
-    """Left: updates aggregated per client (bars per client up to 100 clients, else the
-    population ranked). Right: distribution of each client's mean local train loss."""
+    """Left: updates aggregated per client (a bar per client up to 100 clients, else how many
+    clients were aggregated how often). Right: distribution of each client's mean local train loss."""
     plt = pyplot()
     table = data.participation(run.events)
     population = run.num_clients
@@ -182,17 +181,14 @@ def participation_figure(run: Run, out: Path) -> tuple[Path, dict]:
         left.set_ylim(0, max(int(full.selected.max()), 1) * 1.35)  # headroom for the legend
         left.legend(loc="upper left", ncol=2, fontsize=8)
     else:
-        counts = np.zeros(population, dtype=np.int64)
-        counts[: len(table)] = np.sort(table.aggregated.to_numpy())[::-1]
-        at = np.unique(
-            np.linspace(0, population - 1, min(population, _MAX_POINTS)).astype(np.int64)
-        )
-        left.step(at / population * 100, counts[at], where="post", color=OKABE_ITO["blue"])
-        left.fill_between(
-            at / population * 100, counts[at], step="post", color=OKABE_ITO["blue"], alpha=0.3
-        )
-        left.set_xlabel("clients ranked by updates aggregated (% of population)")
-        left.set_ylabel("updates aggregated per client")
+        # Too many clients for a bar each: how many clients took part how often (zeros included).
+        per_client = np.bincount(table.aggregated.to_numpy(), minlength=1)
+        per_client[0] += population - len(table)
+        left.bar(np.arange(len(per_client)), per_client, width=0.85, color=OKABE_ITO["blue"])
+        left.set_yscale("log")
+        left.set_xlabel("updates aggregated per client")
+        left.set_ylabel("clients (log scale)")
+        left.xaxis.get_major_locator().set_params(integer=True)
     left.set_title(
         f"participation: {int((table.aggregated > 0).sum())} of {population} clients aggregated, "
         f"Gini {g:.2f}",

@@ -30,7 +30,8 @@ PHASE_COLORS = {
     "dropped": OKABE_ITO["vermillion"],
     "idle": "#E6E6E6",
 }
-TIER_COLORS = tuple(OKABE_ITO[c] for c in ("green", "purple", "yellow", "black"))
+# Yellow last: it is faint as a line on white.
+TIER_COLORS = tuple(OKABE_ITO[c] for c in ("green", "purple", "black", "yellow"))
 
 DPI = 110
 WIDE = (7.5, 4.2)  # inches: 825 x 462 px at DPI

@@ -6,6 +6,9 @@
     fedray study STUDY [--set key=value ...] [--out DIR]
     fedray sweep SWEEP [--set key=value ...] [--out DIR] [--resume] [--address HOST:PORT]
     fedray validate CONFIG [--set key=value ...]
+    fedray report RUN [RUN ...] [--out DIR] [--metric NAME] [--target X]
+    fedray report SWEEP_DIR [--out DIR]
+    fedray ls [RESULTS_DIR]
 
 User errors (bad config, file or argument) print one line and exit with code 2; a sweep whose
 trials did not all complete exits with code 1 (each trial's error is in sweep.parquet). A run
@@ -88,6 +91,26 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="no progress display")
     sweep.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
+    report = sub.add_parser(
+        "report", help="figures, report.html and report.md of runs (overlaid) or of a sweep"
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN", help="run folders, or one sweep folder")
+    report.add_argument("--out", help="report folder (default: RUN/report, or next to the runs)")
+    report.add_argument(
+        "--metric", help="rounds.parquet column to draw (default eval_accuracy), e.g. eval_loss"
+    )
+    report.add_argument(
+        "--target", type=float, help="metric value for the time-to-target table, e.g. 0.8"
+    )
+    ls = sub.add_parser("ls", help="list the runs in a results folder, newest first")
+    ls.add_argument(
+        "results",
+        nargs="?",
+        default="results",
+        metavar="RESULTS_DIR",
+        help="results root (default: results/)",
+    )
+
     validate = sub.add_parser("validate", help="check a config and print it resolved")
     add_config_args(validate)
     sub.add_parser("workloads", help="list the workloads (workload.name) with what each models")
@@ -124,6 +147,21 @@ def main(argv: list[str] | None = None) -> int:
                 # the first sentence of the config class's docstring, however it is wrapped
                 paragraph = " ".join(model.__doc__.strip().split("\n\n")[0].split())
                 print(f"{name:<14} {paragraph.split('. ')[0].rstrip('.')}.")
+            return 0
+        if args.command == "report":
+            import time
+
+            from fedray.report import report
+
+            t0 = time.perf_counter()
+            out = report(args.runs, out=args.out, metric=args.metric, target=args.target)
+            print(f"fedray: report -> {out}/report.html ({time.perf_counter() - t0:.1f} s)")
+            return 0
+        if args.command == "ls":
+            from fedray.report.listing import format_rows, list_runs
+
+            rows = list_runs(args.results)
+            print(format_rows(rows) if rows else f"fedray: no runs in {args.results}")
             return 0
         if args.command == "study":
             from fedray.study import run_study

@@ -250,8 +250,9 @@ def _parquet_interactions(path: Path) -> tuple[list, list, list]:
         kind = column[name].type
         if pa.types.is_dictionary(kind):
             kind = kind.value_type
-        if not (pa.types.is_integer(kind) or pa.types.is_string(kind)
-                or pa.types.is_large_string(kind)):  # fmt: skip
+        # floats too: pandas stores an integer column with a missing value as float64
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                or pa.types.is_string(kind) or pa.types.is_large_string(kind)):  # fmt: skip
             raise UserError(
                 f"{path}: column {name!r} holds {kind} values; ids must be integers or strings"
             )
@@ -270,12 +271,27 @@ def _parquet_interactions(path: Path) -> tuple[list, list, list]:
     rows = zip(users, items, stamps.to_pylist(), strict=True)
     for row, (user, item, stamp) in enumerate(rows, start=1):
         where = f"{path}: row {row}"
-        _check_id(where, "user_id", user)
-        _check_id(where, "item_id", item)
+        users[row - 1] = _parquet_id(where, "user_id", user)
+        items[row - 1] = _parquet_id(where, "item_id", item)
         if stamp is None:
             raise UserError(f"{where}: empty timestamp; fill it or remove the row")
         times.append(_timestamp(where, stamp) * scale)
-    return [str(u) for u in users], [str(i) for i in items], times
+    return users, items, times
+
+
+def _parquet_id(where: str, column: str, value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            value = None  # a missing id, as pandas writes one
+        elif not value.is_integer() or abs(value) > 2**53:
+            raise UserError(
+                f"{where}: {column} {short_repr(value)} is not an integer; ids are integers or "
+                "strings"
+            )
+        else:
+            value = int(value)
+    _check_id(where, column, value)
+    return str(value)
 
 
 def _check_id(where: str, column: str, value) -> None:
@@ -305,9 +321,10 @@ def _timestamp(where: str, value) -> float:
                     "date; use e.g. 1700000000 or 2024-05-01T12:00:00"
                 ) from None
     if not np.isfinite(number) or abs(number) > MAX_FLOAT:
+        problem = "is too large" if np.isfinite(number) else "is not finite"
         raise UserError(
-            f"{where}: timestamp {short_repr(value)} is not a real time; use e.g. 1700000000 or "
-            "2024-05-01T12:00:00"
+            f"{where}: timestamp {short_repr(value)} {problem}; use a real time, e.g. 1700000000 "
+            "or 2024-05-01T12:00:00"
         )
     return number
 

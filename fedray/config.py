@@ -23,10 +23,12 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
-from fedray.errors import ConfigError
+from fedray.errors import ConfigError, one_line
+from fedray.userfiles import MAX_FLOAT, MAX_INT, folder_name_problem, read_text, short_repr
 
 
 class _Model(BaseModel):
@@ -398,7 +400,14 @@ class EcomRecConfig(_KnowsNumClients):
     def _world_keys_it_uses(self):
         # The world's own users, interactions and utterances play no part here; setting them
         # would silently change nothing.
-        unused = sorted(self.world.model_fields_set & _REC_UNUSED_WORLD_KEYS)
+        # Their defaults are accepted: a dumped config (run/config.yaml, `fedray validate`)
+        # lists every key and must load back.
+        defaults = EcomWorldConfig()
+        unused = sorted(
+            k
+            for k in self.world.model_fields_set & _REC_UNUSED_WORLD_KEYS
+            if getattr(self.world, k) != getattr(defaults, k)
+        )
         if unused:
             raise ValueError(
                 f"ecom_rec draws its own users, so workload.world.{unused[0]} has no effect; "
@@ -673,26 +682,32 @@ class OutputConfig(_Model):
     # SIGINT/SIGTERM): None means 10 rounds (sync) or 100 updates (async); 0 turns them off.
     checkpoint_every: int | None = Field(default=None, ge=0, le=10**8)
 
-    @model_validator(mode="after")
-    def _name_stays_inside_root(self):
-        name = self.name
-        if name is None:
-            return self
-        bad = (
-            not name.strip()
-            or name in (".", "..")
-            or name.startswith("..")
-            or any(c in name for c in "/\\")
-            or any(ord(c) < 32 or ord(c) == 127 for c in name)
-            or len(name.encode()) > 255
-        )
-        if bad:
+    @field_validator("name")
+    @classmethod
+    def _name_stays_inside_root(cls, name: str | None) -> str | None:
+        # A run folder is created (and, with overwrite, replaced) at root/name: a name with a
+        # separator or '..' would put it, or delete one, outside the results root.
+        problem = None if name is None else folder_name_problem(name)
+        if problem is not None:
             raise ValueError(
-                f"output.name {name!r} must be a plain folder name inside output.root (no '/', "
-                "'\\', '..' or control characters); pass e.g. --name prox90 and choose the folder "
-                "with --out"
+                f"must be a plain folder name inside output.root, but {problem}; pass e.g. "
+                "--name prox90, and choose where runs go with --out DIR"
             )
-        return self
+        return name
+
+    @field_validator("root")
+    @classmethod
+    def _root_is_a_path(cls, root: Path) -> Path:
+        # Any path is a valid results root (absolute, relative, '..'): it is the user's choice
+        # where results go. Only what no file system can hold is refused here.
+        text = str(root)
+        if any(ord(c) < 32 for c in text):
+            raise ValueError("contains a control character; give a directory path, e.g. results")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("is not valid Unicode text; give a directory path") from None
+        return root
 
     def checkpoint_interval(self, mode: str) -> int:
         if self.checkpoint_every is not None:
@@ -727,8 +742,13 @@ class Config(_Model):
 
     @property
     def source_name(self) -> str:
-        """Stem of the config file, used in default run names."""
-        return self._source.stem if self._source is not None else "config"
+        """Stem of the config file, used in default run names (with characters a folder name
+        cannot hold replaced by '_': a file may be called anything)."""
+        if self._source is None:
+            return "config"
+        stem = "".join("_" if ord(c) < 32 or c in "\\\x7f" else c for c in self._source.stem)
+        # 200 bytes leave room for the timestamp within a file system's 255
+        return stem.encode("utf-8", "replace")[:200].decode("utf-8", "ignore") or "config"
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -838,23 +858,35 @@ def _format_error(err: ValidationError) -> str:
     # Drop the discriminator tags pydantic inserts into the location ("speed.lognormal.median").
     loc = [p for p in raw if p not in ("constant", "uniform", "lognormal")]
     key = ".".join(loc) or "<config>"
+    if len(key) > 80 or not key.isprintable():  # a user's own key, not a field's name
+        key = short_repr(key)
+    quoted_key = short_repr(".".join(loc))
     kind, msg, value = first["type"], first["msg"], first.get("input")
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1], workload)
         accepted = ", ".join(parent.model_fields) if parent else "see the README"
-        return f"unknown key '{key}'; accepted keys here: {accepted}"
+        return f"unknown key {quoted_key}; accepted keys here: {accepted}"
+    if kind == "invalid_key":  # YAML keys may be numbers, booleans or null
+        parent = ".".join(loc[:-1]) or "the top level"
+        return (
+            f"key {short_repr(value)} in {parent} is not a name; keys are names such as rounds "
+            "(quote it if it is meant as text)"
+        )
     if kind == "union_tag_invalid" and loc == ["workload"]:
         return (
-            f"workload.name: unknown workload {value.get('name')!r}; use one of "
+            f"workload.name: unknown workload {short_repr(value.get('name'))}; use one of "
             f"{', '.join(WORKLOAD_MODELS)}"
         )
     if kind == "union_tag_invalid":
-        return f"{key}: unknown dist {value.get('dist')!r}; use one of constant, uniform, lognormal"
+        return (
+            f"{key}: unknown dist {short_repr(value.get('dist'))}; use one of constant, uniform, "
+            "lognormal"
+        )
     if kind == "union_tag_not_found":
         return f"{key}: a distribution needs 'dist' (constant, uniform or lognormal) or a number"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    shown = "" if isinstance(value, dict) else f" = {short_repr(value)}"
     return f"{key}{shown}: {msg}"
 
 
@@ -881,14 +913,18 @@ def _model_at(path: list[str], workload: type[BaseModel] | None = None) -> type[
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"clients.num_clients=1000"`` -> (["clients", "num_clients"], 1000). Values are YAML."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} needs the form key=value, e.g. rounds=50")
+        raise ConfigError(f"override {short_repr(text)} needs the form key=value, e.g. rounds=50")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {text!r} has an empty key; use e.g. clients.num_clients=100")
+        raise ConfigError(
+            f"override {short_repr(text)} has an empty key; use e.g. clients.num_clients=100"
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except Exception:  # noqa: BLE001 - YAMLError, or a constructor's ValueError/IndexError
+        # not YAML (or a number of over 4300 digits, a date like 2024-13-01, an empty !!float):
+        # the text itself, which validation then refuses or accepts as a string
         value = raw
     return key.split("."), value
 
@@ -906,74 +942,115 @@ def apply_overrides(data: dict, overrides: list) -> dict:
                 child = node[part] = {}
             elif not isinstance(child, dict):
                 where = ".".join(path[: i + 1])
-                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
+                raise ConfigError(f"override {short_repr(text)}: {where} is a value, not a section")
             node = child
         node[path[-1]] = value
     return data
 
 
 def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
-    data = apply_overrides(dict(data or {}), list(overrides or []))
+    """Validate a config given as a mapping (with ``overrides`` applied first)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"invalid config: a config is a mapping of keys, got {type(data).__name__}"
+        )
+    data = apply_overrides(dict(data), list(overrides or []))
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"invalid config: {_format_error(err)}") from None
+    except RecursionError:  # a structure that contains itself
+        raise ConfigError("invalid config: a value nests too deeply to be a setting") from None
+    for key, value in _numbers(cfg.model_dump()):
+        limit = MAX_INT if isinstance(value, int) else MAX_FLOAT
+        if abs(value) > limit:
+            raise ConfigError(
+                f"invalid config: {key} = {short_repr(value)}: too large to mean anything "
+                f"(at most {limit if isinstance(value, int) else f'{limit:g}'} in magnitude); "
+                "use a realistic value"
+            )
+    return cfg
+
+
+def _numbers(node: Any, key: str = ""):
+    """(dotted key, value) of every number in a dumped config."""
+    if isinstance(node, dict):
+        for name, child in node.items():
+            yield from _numbers(child, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list | tuple):
+        for i, child in enumerate(node):
+            yield from _numbers(child, f"{key}[{i}]")
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        yield key, node
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error: YAML would
-    keep the last one silently, and a run would quietly use a value the user did not mean."""
+    keep the last one silently, and a run would quietly use a value the user did not mean. Keys
+    brought in by a merge (``<<: *base``) may be overridden, as YAML intends."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
+            if not isinstance(key, str):
+                continue  # the safe loader itself refuses unhashable keys; pydantic non-names
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice", key_node.start_mark
+                    None, None, f"key {short_repr(key)} appears twice", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_CONFIG_BYTES = 16 << 20  # configs are a few KB; this refuses a dataset passed by mistake
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     """A user's YAML file as a mapping, or a one-line :class:`ConfigError` that names the file
     and the problem: missing, a folder, binary, not UTF-8, invalid YAML, a key given twice,
-    empty, or not a mapping."""
+    empty (or only comments), or not a mapping."""
     path = Path(path)
     where = f"{what} {str(path)!r}"
-    if not path.is_file():
-        hint = "it is a folder" if path.is_dir() else "not found"
-        raise ConfigError(f"{where}: {hint}; pass the path of a YAML file")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise ConfigError(
-            f"{where} cannot be read ({err.strerror}); check its permissions"
-        ) from None
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ConfigError(f"{where} is UTF-16 text; save it as UTF-8")
-    if b"\x00" in raw:
-        raise ConfigError(f"{where} is a binary file, not YAML text; pass a .yaml config")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(
-            f"{where} is not UTF-8 text (byte {err.start} is 0x{raw[err.start]:02x}); save it as "
-            "UTF-8"
-        ) from None
+    text = read_text(
+        path,
+        where,
+        "write at least the keys you want to set (see configs/ for examples)",
+        error=ConfigError,
+        max_bytes=MAX_CONFIG_BYTES,
+    )
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.reader.ReaderError as err:  # a control character: YAML allows none
+        char = err.character if isinstance(err.character, int) else ord(err.character)
+        raise ConfigError(
+            f"{where} is not valid YAML: character 0x{char:02x} at position {err.position} is "
+            "not allowed; remove it"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "syntax error"
-        raise ConfigError(f"{where} is not valid YAML{at}: {problem}") from None
+        raise ConfigError(f"{where} is not valid YAML{at}: {one_line(problem)}") from None
     except RecursionError:
         raise ConfigError(f"{where} nests too deeply to be a config") from None
+    except Exception as err:  # noqa: BLE001 - only text is parsed here
+        # what PyYAML's constructors let through: a number of over 4300 digits, a date such as
+        # 2024-13-45, an empty `!!float` (IndexError)
+        problem = (
+            "a number has over 4300 digits; no setting needs that many"
+            if "4300 digits" in str(err)
+            else f"{one_line(err, 120)}; correct or quote the value"
+        )
+        raise ConfigError(f"{where} is not valid YAML: {problem}") from None
     if data is None:
         raise ConfigError(
-            f"{where} is empty; write at least the keys you want to set (see configs/ for examples)"
+            f"{where} is empty (only comments); write at least the keys you want to set (see "
+            "configs/ for examples)"
         )
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of keys, got {type(data).__name__}")

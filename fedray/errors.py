@@ -7,9 +7,22 @@ its traceback.
 
 
 class UserError(Exception):
-    """Bad input from the user. The message names the problem and the fix."""
+    """Bad input from the user. The message names the problem and the fix.
+
+    The message is one line by construction: a line break that a user's value brings in (a key,
+    a file name or a field with a newline) is shown escaped, as ``repr`` would."""
 
     exit_code = 2
+
+    def __init__(self, message: object = "", *args):
+        super().__init__(_escape_line_breaks(str(message)), *args)
+
+
+def _escape_line_breaks(text: str) -> str:
+    # str.splitlines() breaks at each of these; the CLI prints the message on one line
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def one_line(err: BaseException, limit: int = 200) -> str:

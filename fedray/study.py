@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedray.config import load_config, read_yaml_mapping
 from fedray.errors import ConfigError, UserError
+from fedray.userfiles import folder_name_problem
 
 _X_LABELS = {
     "cum_bytes_up": ("cumulative uploaded MB", 1e-6),
@@ -68,6 +69,11 @@ def read_spec(path: str | Path, model: type[BaseModel], kind: str) -> BaseModel:
 def load_study(path: str | Path) -> StudySpec:
     path = Path(path)
     spec = read_spec(path, StudySpec, "study")
+    problem = folder_name_problem(spec.name)
+    if problem:  # the study's folder under the results root
+        raise ConfigError(
+            f"study file {str(path)!r}: name {spec.name!r} must be a plain folder name ({problem})"
+        )
     if not spec.base.is_absolute():
         spec.base = path.parent / spec.base
     for x in spec.plots.x:
@@ -90,8 +96,11 @@ def run_study(
     spec = load_study(path)
     configs = {}
     for variant, overrides in spec.variants.items():
-        if "/" in variant or variant.startswith("."):
-            raise ConfigError(f"study variant name {variant!r} must be a plain folder name")
+        problem = folder_name_problem(variant)
+        if problem:
+            raise ConfigError(
+                f"study variant name {variant!r} must be a plain folder name ({problem})"
+            )
         cfg = load_config(spec.base, list(overrides.items()) + list(extra or []))
         study_root = Path(root) if root is not None else cfg.output.root
         cfg.output.root = study_root / spec.name

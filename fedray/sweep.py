@@ -43,6 +43,7 @@ from fedray.config import Config, load_config
 from fedray.errors import ConfigError, UserError
 from fedray.study import finished_run, read_spec
 from fedray.sweep_report import SweepProgress, write_hparams, write_summary
+from fedray.userfiles import folder_name_problem
 
 HPARAMS_DIR = "tb"
 TUNE_DIR = ".tune"  # Tune's own bookkeeping; our results live in the run directories
@@ -65,8 +66,9 @@ class SweepSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, name: str) -> str:
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"{name!r} must be a plain folder name")
+        problem = folder_name_problem(name)
+        if problem:
+            raise ValueError(f"{name!r} must be a plain folder name ({problem})")
         return name
 
     @field_validator("grid")
@@ -142,8 +144,11 @@ def expand(
     one, so nothing runs unless every trial can."""
     variants = spec.variants or {"": {}}
     for variant in variants:
-        if variant and ("/" in variant or variant.startswith(".")):
-            raise ConfigError(f"sweep variant name {variant!r} must be a plain folder name")
+        problem = folder_name_problem(variant) if variant else None
+        if problem:
+            raise ConfigError(
+                f"sweep variant name {variant!r} must be a plain folder name ({problem})"
+            )
     points = [
         ({"variant": v} if spec.variants else {}) | point
         for v in variants

@@ -7,9 +7,10 @@ import sys
 import textwrap
 
 import pytest
+import yaml
 
 from fedray.cli import main
-from fedray.config import config_from_dict, load_config
+from fedray.config import config_from_dict, dump_config, load_config
 from fedray.errors import ConfigError
 
 
@@ -149,6 +150,9 @@ def test_ecom_rec_refuses_world_keys_it_does_not_use():
     # the catalogue keys are its own
     cfg = config_from_dict({"workload": {"name": "ecom_rec", "world": {"num_products": 300}}})
     assert cfg.workload.world.num_products == 300
+    # the dumped config (a run's config.yaml, `fedray validate`) lists them at their defaults
+    # and loads back: resuming an ecom_rec run reads it
+    assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
 
 
 @pytest.mark.parametrize(

@@ -206,7 +206,7 @@ def test_tsv_triples_drive_a_natural_or_drawn_partition(tmp_path):
         ("a\tr\tb\n\nc\tr\td\tx\n", r"kg.tsv: line 3: 4 columns, but earlier lines have 3"),
         ("a\tr\tb\tc\td\n", r"kg.tsv: line 1: expected 3 .* got 5"),
         ("a\tr\tb\n", r"kg.tsv: only 1 triples"),
-        (b"a\tr\tb\n\xff\tr\tc\n", r"kg.tsv: not UTF-8"),
+        (b"a\tr\tb\n\xff\tr\tc\n", r"kg.tsv' is not UTF-8 text"),
     ],
 )
 def test_malformed_tsv_is_a_one_line_error(tmp_path, text, message):

@@ -79,8 +79,11 @@ def test_plain_text_round_trip_and_error(tmp_path):
         ["<s>", "Norvik", "rain", "jacket", ",", "navy", "blue", "</s>"],
         ["<s>", "Tazelo", "coffee", "mug", "350", "ml", "</s>"],
     ]
+    path.write_text("one line\n  \n")
+    with pytest.raises(UserError, match=r"corpus.txt: only 1 non-blank lines"):
+        read_text(path)
     path.write_text("\n  \n")
-    with pytest.raises(UserError, match=r"corpus.txt: only 0 non-blank lines"):
+    with pytest.raises(UserError, match=r"corpus.txt' is empty"):
         read_text(path)
 
 

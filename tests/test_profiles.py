@@ -96,10 +96,20 @@ def test_trace_parquet(tmp_path):
         (pd.DataFrame({"sped": [1.0]}), "unknown column(s) ['sped']"),
         (
             pd.DataFrame({"speed": [1.0, -2.0]}),
-            "column 'speed' has an invalid value '-2.0' at row 2",
+            "column 'speed' has an invalid value '-2.0' at line 3; speed must be a number > 0",
         ),
         (pd.DataFrame({"dropout": [1.5]}), "column 'dropout' has an invalid value"),
         (pd.DataFrame({"speed": []}), "has no rows"),
+        (pd.DataFrame({"speed": [1e308]}), "invalid value '1e+308' at line 2"),
+        (
+            pd.DataFrame({"speed": [1.0, None], "up_mbps": [1, 2]}),
+            "column 'speed' is empty at line 3",
+        ),
+        # client_id numbers the rows 0..n-1: a repeat or a gap would misassign rows silently
+        (pd.DataFrame({"client_id": [0, 0], "speed": [1, 2]}), "client_id 0 appears twice"),
+        (pd.DataFrame({"client_id": [0, 2], "speed": [1, 2]}), "client_id 2 at line 3 is outside"),
+        (pd.DataFrame({"client_id": ["a"], "speed": [1]}), "client_id 'a' at line 2 is not an"),
+        (pd.DataFrame({"client_id": [0]}), "has no profile column"),
     ],
 )
 def test_bad_trace_is_a_user_error(tmp_path, frame, message):
@@ -108,6 +118,32 @@ def test_bad_trace_is_a_user_error(tmp_path, frame, message):
     with pytest.raises(UserError) as err:
         model({"trace": str(path)})
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("speed\n1,2,3\n", "line 2 has 3 fields but the header has 1"),  # not an index column
+        ("speed,speed\n1,2\n", "column 'speed' appears twice in the header"),
+        ('speed\n"1\n', "line 2 is not valid CSV"),
+        ("", "is empty"),
+    ],
+)
+def test_malformed_trace_csv_is_refused(tmp_path, text, message):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        model({"trace": str(path)})
+
+
+def test_parquet_trace_columns_must_hold_numbers(tmp_path):
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"speed": [True, False]}).to_parquet(path)
+    with pytest.raises(UserError, match="column 'speed' holds bool values; store numbers"):
+        model({"trace": str(path)})
+    # a saved DataFrame's index is its index, not an unknown column
+    pd.DataFrame({"speed": [5.0, 6.0]}, index=[7, 3]).to_parquet(path)
+    assert list(model({"trace": str(path)}).lookup(np.arange(2)).speed) == [5, 6]
 
 
 def test_hundred_thousand_clients_cost_nothing_up_front():

@@ -11,6 +11,9 @@ dropout as a probability per task, availability as the probability of being onli
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import numpy as np
 from fedray import seeding
 from fedray.config import PROFILE_FIELDS, Constant, LogNormal, ProfileConfig, Uniform
 from fedray.errors import UserError, one_line
+from fedray.userfiles import MAX_FLOAT, read_text, require_file, short_repr
 
 
 @dataclass(frozen=True)
@@ -91,55 +95,190 @@ class ProfileModel:
         return out
 
 
+TRACE_FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# What each field accepts, for the messages (the ranges the config's distributions have too).
+_RANGES = {
+    "speed": ("> 0", "samples/s"),
+    "down_mbps": ("> 0", "Mbit/s"),
+    "up_mbps": ("> 0", "Mbit/s"),
+    "latency_ms": (">= 0", "ms"),
+    "dropout": ("in [0, 1]", "a probability"),
+    "availability": ("in [0, 1]", "a probability"),
+}
+
+
 def load_trace(path: Path) -> dict[str, np.ndarray]:
     """Read a device trace (CSV or Parquet; one row per client; columns named as the profile
-    fields). Unknown columns other than ``client_id`` are rejected so a misspelt column is not
-    silently replaced by the default distribution."""
-    import pandas as pd
+    fields, and optionally ``client_id`` numbering the rows 0..n-1 in any order).
 
+    Anything else is a :class:`~fedray.errors.UserError` of one line naming the file: unknown or
+    repeated columns (a misspelt column would silently fall back to the default distribution),
+    no rows, a value that is not a number or outside its range, client ids that repeat or leave
+    gaps, and files that are empty, binary or not UTF-8."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"trace file {str(path)!r} not found; set clients.profile.trace to a CSV or Parquet file"
-        )
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        elif path.suffix.lower() in (".csv", ".txt"):
-            frame = pd.read_csv(path)
-        else:
-            raise UserError(f"trace file {str(path)!r}: use a .csv or .parquet file")
-    except UserError:
-        raise
-    except Exception as err:  # pandas raises many types for malformed files
-        raise UserError(f"trace file {str(path)!r} could not be read: {one_line(err)}") from None
-    unknown = [c for c in frame.columns if c not in PROFILE_FIELDS and c != "client_id"]
+    where = f"trace file {str(path)!r}"
+    fix = "set clients.profile.trace to a CSV or Parquet file (see the README for its columns)"
+    require_file(path, where, fix)
+    kind = TRACE_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(f"{where}: use a .csv or .parquet file")
+    columns, line_of = (
+        _read_parquet(path, where, fix) if kind == "parquet" else _read_csv(path, where, fix)
+    )
+    unknown = [c for c in columns if c not in PROFILE_FIELDS and c != "client_id"]
     if unknown:
         raise UserError(
-            f"trace file {str(path)!r} has unknown column(s) {unknown}; "
-            f"accepted: client_id, {', '.join(PROFILE_FIELDS)}"
+            f"{where} has unknown column(s) {short_repr(unknown)}; accepted: client_id, "
+            f"{', '.join(PROFILE_FIELDS)}"
         )
-    if len(frame) == 0:
-        raise UserError(f"trace file {str(path)!r} has no rows")
-    if "client_id" in frame.columns:
-        frame = frame.sort_values("client_id", kind="stable")
-    trace = {}
-    for field in PROFILE_FIELDS:
-        if field not in frame.columns:
-            continue
-        values = pd.to_numeric(frame[field], errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values)
+    rows = len(next(iter(columns.values()))) if columns else 0
+    if rows == 0:
+        raise UserError(f"{where} has no rows; add one row per client under a header")
+    if not any(f in columns for f in PROFILE_FIELDS):
+        raise UserError(
+            f"{where} has no profile column; give at least one of {', '.join(PROFILE_FIELDS)}"
+        )
+    trace = {f: _field(columns[f], f, where, line_of) for f in PROFILE_FIELDS if f in columns}
+    if "client_id" in columns:
+        order = _client_order(columns["client_id"], where, line_of)
+        trace = {f: values[order] for f, values in trace.items()}
+    return trace
+
+
+def _read_csv(path: Path, where: str, fix: str) -> tuple[dict[str, np.ndarray], Callable]:
+    """The columns of a CSV trace as arrays of strings, and where each row sits in the file.
+
+    Python's csv module rather than pandas: pandas silently takes surplus fields for an index
+    and renames a repeated column, where a trace should be refused."""
+    reader = csv.reader(io.StringIO(read_text(path, where, fix)), strict=True)
+    rows, lines = [], []
+    try:
+        header = next((row for row in reader if any(field.strip() for field in row)), None)
+        if header is None:
+            raise UserError(f"{where} has no header; {fix}")
+        header = [name.strip() for name in header]
+        repeated = next((n for n in header if header.count(n) > 1), None)
+        if repeated is not None:
+            raise UserError(
+                f"{where}: column {short_repr(repeated)} appears twice in the header; keep one"
+            )
+        for row in reader:
+            if not any(field.strip() for field in row):
+                continue  # blank lines
+            if len(row) != len(header):
+                raise UserError(
+                    f"{where}: line {reader.line_num} has {len(row)} fields but the header has "
+                    f"{len(header)}; give every row one value per column"
+                )
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as err:
+        raise UserError(
+            f"{where}: line {reader.line_num} is not valid CSV ({one_line(err)}); check its quotes"
+        ) from None
+    table = np.array(rows, dtype=object).reshape(len(rows), len(header))
+    columns = {name: table[:, i] for i, name in enumerate(header)}
+    return columns, lambda row: f"line {lines[row]}"
+
+
+def _read_parquet(path: Path, where: str, fix: str) -> tuple[dict[str, np.ndarray], Callable]:
+    import pandas as pd
+
+    if path.stat().st_size == 0:
+        raise UserError(f"{where} is empty; {fix}")
+    try:
+        # pandas rather than pyarrow: it puts a saved DataFrame's index back as the index
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises many types for damaged files
+        raise UserError(f"{where} is not a readable Parquet file: {one_line(err)}") from None
+    repeated = next((c for c in frame.columns if list(frame.columns).count(c) > 1), None)
+    if repeated is not None:
+        raise UserError(f"{where}: column {short_repr(repeated)} appears twice; keep one")
+    for name in frame.columns:
+        kind = frame[name].dtype.kind
+        if kind in "bMmSU" or str(frame[name].dtype) == "category":
+            raise UserError(
+                f"{where}: column {str(name)!r} holds {frame[name].dtype} values; store numbers"
+            )
+    columns = {str(name): frame[name].to_numpy() for name in frame.columns}
+    return columns, lambda row: f"row {row + 1}"
+
+
+def _numeric(values: np.ndarray) -> np.ndarray:
+    """float64 of each value; NaN where one is not a number (or is empty)."""
+    import pandas as pd
+
+    try:
+        return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64)
+    except (TypeError, ValueError, OverflowError):  # mixed objects: one at a time
+        out = np.full(len(values), np.nan)
+        for i, value in enumerate(values):
+            try:
+                out[i] = float(value)
+            except (TypeError, ValueError, OverflowError):
+                pass
+        return out
+
+
+def _is_empty(value) -> bool:
+    return (
+        value is None
+        or (isinstance(value, float) and np.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    )
+
+
+def _field(raw: np.ndarray, field: str, where: str, line_of: Callable) -> np.ndarray:
+    values = _numeric(raw)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (np.abs(values) > MAX_FLOAT)
         if field in ("speed", "down_mbps", "up_mbps"):
             bad |= values <= 0
         elif field == "latency_ms":
             bad |= values < 0
         else:
             bad |= (values < 0) | (values > 1)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise UserError(
-                f"trace file {str(path)!r}: column {field!r} has an invalid value "
-                f"{str(frame[field].iloc[row])!r} at row {row + 1}; see the README for units and ranges"
+    if bad.any():
+        row = int(np.argmax(bad))
+        accepted, unit = _RANGES[field]
+        if _is_empty(raw[row]):
+            problem = f"is empty at {line_of(row)}; fill it or remove the row"
+        else:
+            problem = (
+                f"has an invalid value {short_repr(str(raw[row]))} at {line_of(row)}; {field} "
+                f"must be a number {accepted} ({unit})"
             )
-        trace[field] = values
-    return trace
+        raise UserError(f"{where}: column {field!r} {problem}")
+    return values
+
+
+def _client_order(raw: np.ndarray, where: str, line_of: Callable) -> np.ndarray:
+    """Row order by ``client_id``, which must number the rows 0..n-1: with a repeated id or a gap,
+    "client i uses the row with client_id i" would silently not hold."""
+    n = len(raw)
+    values = _numeric(raw)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) > 2**53)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise UserError(
+            f"{where}: client_id {short_repr(str(raw[row]))} at {line_of(row)} is not an "
+            "integer; number the rows 0, 1, 2, ..."
+        )
+    ids = values.astype(np.int64)
+    order = np.argsort(ids, kind="stable")
+    repeats = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+    if len(repeats):
+        first, second = sorted(order[repeats[0] : repeats[0] + 2])
+        raise UserError(
+            f"{where}: client_id {ids[first]} appears twice ({line_of(first)} and "
+            f"{line_of(second)}); give each client one row"
+        )
+    outside = np.flatnonzero((ids < 0) | (ids >= n))
+    if len(outside):
+        row = int(outside[0])
+        raise UserError(
+            f"{where}: client_id {ids[row]} at {line_of(row)} is outside 0..{n - 1}; client_id "
+            f"numbers the {n} rows 0..{n - 1} (clients beyond wrap around)"
+        )
+    return order

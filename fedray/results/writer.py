@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from fedray.errors import UserError
 from fedray.results.schema import CLIENT_EVENTS_SCHEMA, rounds_schema
+from fedray.userfiles import folder_name_problem, short_repr
 
 ROUNDS_FILE = "rounds.parquet"
 CLIENTS_FILE = "client_events.parquet"
@@ -129,9 +130,14 @@ class RunDirectory:
         metric_names: tuple[str, ...] = (),
         resume_parts: dict | None = None,
     ):
-        if not name or "/" in name or name in (".", ".."):
+        # Defence in depth: OutputConfig already refuses such names, but a RunDirectory can be
+        # made without one, and a name with '/' or '..' would create (or replace) a folder
+        # outside the results root.
+        problem = folder_name_problem(name)
+        if problem is not None:
             raise UserError(
-                f"run name {name!r} is not a valid folder name; pass e.g. --name prox90"
+                f"run name {short_repr(name)} is not a plain folder name ({problem}); pass e.g. "
+                "--name prox90"
             )
         self.path = Path(root) / name
         self._replaced: Path | None = None

@@ -117,7 +117,8 @@ class EcomKG(Workload):
                 return triples, part.power_law(len(triples), n, p.exponent, rng)
             return triples, part.iid(len(triples), n, rng)
         except part.PartitionError as err:
-            raise UserError(f"workload {self.name}: {err}") from None
+            where = f"workload {self.name}" if cfg.generated else str(cfg.source)
+            raise UserError(f"{where}: {err}") from None
 
     def _file_clients(self, file) -> tuple[list[tuple[str, str, str]], list[np.ndarray]]:
         """The file's ``client`` column as the partition: integer ids as given, names in sorted
@@ -129,7 +130,8 @@ class EcomKG(Workload):
                 "or set workload.partition to iid, dirichlet or powerlaw"
             )
         names = sorted(set(file.clients))
-        if all(c.isdigit() for c in names):
+        # integer ids only as Python writes them: '٣' or '05' would otherwise alias client 3 or 5
+        if all(c.isascii() and c.isdigit() and len(c) < 19 and str(int(c)) == c for c in names):
             ids = {c: int(c) for c in names}
             given = sorted(set(ids.values()))
             if given != list(range(n)):
@@ -156,10 +158,13 @@ class EcomKG(Workload):
         """Train/test triples of client ``k``: a seeded ``test_fraction`` of them, taking only
         triples whose head, tail and relation all remain in the client's train triples — an
         entity seen only at test time would be ranked with an untrained, never-uploaded row."""
+        # a user's file is named, and more of its triples are the fix, not a bigger world
+        where = f"workload {self.name}" if self.cfg.generated else str(self.cfg.source)
+        more = "workload.world.num_products" if self.cfg.generated else "more triples in the file"
         if len(idx) < 2:
             raise UserError(
-                f"workload {self.name}: client {k} holds {len(idx)} triples; use more data "
-                "(workload.world.num_products) or fewer clients"
+                f"{where}: client {k} holds {len(idx)} triples; use more data ({more}) or fewer "
+                "clients"
             )
         order = seeding.generator(self.seed, "ecom.kg.split", k).permutation(idx)
         n_test = max(1, round(self.cfg.test_fraction * len(idx)))
@@ -178,7 +183,7 @@ class EcomKG(Workload):
                 uses[r] -= 1
         if not test.any():
             raise UserError(
-                f"workload {self.name}: client {k} has no triple whose entities also occur in "
+                f"{where}: client {k} has no triple whose entities also occur in "
                 "its other triples, so nothing to test on; use more data, fewer clients or (Dirichlet) a "
                 "larger partition.alpha"
             )

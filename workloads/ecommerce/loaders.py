@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,19 +27,29 @@ from pathlib import Path
 
 import numpy as np
 
-from fedray.errors import UserError
+from fedray import userfiles
+from fedray.errors import UserError, one_line
+from fedray.userfiles import MAX_FLOAT, require_file, short_repr
 from fedray.workloads.ecommerce.corpus import Corpus
 from fedray.workloads.ecommerce.text import tokenize
 
 
-def _open(path: Path):
-    if not path.is_file():
-        raise UserError(f"workload.source {str(path)!r} not found; give the path of your data file")
+def _open(path: Path) -> str:
+    """The file's UTF-8 text; missing, empty, binary and non-UTF-8 files are refused."""
+    return userfiles.read_text(
+        path,
+        f"workload.source {str(path)!r}",
+        "give the path of your data file (its format: see the README)",
+    )
+
+
+def _csv_rows(reader, path: Path):
+    """The rows of ``reader``; a malformed one is refused with its line number."""
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
+        yield from reader
+    except csv.Error as err:
         raise UserError(
-            f"{path}: not UTF-8 text (byte {err.start}); save the file as UTF-8"
+            f"{path}: line {reader.line_num}: not valid CSV ({one_line(err)}); check its quotes"
         ) from None
 
 
@@ -46,7 +57,7 @@ def read_labelled_csv(path: str | Path, min_examples: int = 2) -> Corpus:
     """``text,label`` rows -> a corpus whose label names are the sorted distinct labels."""
     path = Path(path)
     lines = _open(path).splitlines()
-    rows = list(csv.reader(lines))
+    rows = list(_csv_rows(csv.reader(lines), path))
     if not rows or [c.strip().lower() for c in rows[0]] != ["text", "label"]:
         raise UserError(
             f"{path}: line 1: expected the header 'text,label'; add it as the first line"
@@ -98,13 +109,13 @@ def read_conll(path: str | Path, min_examples: int = 2) -> Corpus:
             continue
         if len(fields) < 2:
             raise UserError(
-                f"{path}: line {number}: expected 'token tag', got {line.strip()!r}; put the tag "
+                f"{path}: line {number}: expected 'token tag', got {short_repr(line.strip())}; put the tag "
                 "after the token, separated by whitespace"
             )
         tag = fields[-1]
         if not (tag == "O" or (tag[:2] in ("B-", "I-") and len(tag) > 2)):
             raise UserError(
-                f"{path}: line {number}: tag {tag!r} is not BIO; use O, B-TYPE or I-TYPE"
+                f"{path}: line {number}: tag {short_repr(tag)} is not BIO; use O, B-TYPE or I-TYPE"
             )
         tokens.append(fields[0])
         tags.append(tag)
@@ -169,7 +180,12 @@ def read_interactions(path: str | Path) -> Interactions:
     (``.parquet``/``.pq``)."""
     path = Path(path)
     if path.suffix.lower() in (".parquet", ".pq"):
-        users, items, times = _parquet_interactions(path)
+        import pyarrow as pa
+
+        try:
+            users, items, times = _parquet_interactions(path)
+        except (pa.ArrowException, UnicodeDecodeError) as err:  # damaged names or values
+            raise UserError(f"{path}: not a readable Parquet file ({one_line(err, 120)})") from None
     else:
         users, items, times = _csv_interactions(path)
     if not users:
@@ -181,16 +197,20 @@ def read_interactions(path: str | Path) -> Interactions:
 
 def _csv_interactions(path: Path) -> tuple[list, list, list]:
     reader = csv.reader(io.StringIO(_open(path)))
-    header = [c.strip().lower() for c in next(reader, [])]
+    rows = _csv_rows(reader, path)
+    header = [c.strip().lower() for c in next(rows, [])]
     missing = [c for c in INTERACTION_COLUMNS if c not in header]
     if missing:
         raise UserError(
             f"{path}: line 1: missing column {missing[0]!r}; the header needs "
             f"{','.join(INTERACTION_COLUMNS)}"
         )
+    repeated = next((c for c in INTERACTION_COLUMNS if header.count(c) > 1), None)
+    if repeated:
+        raise UserError(f"{path}: line 1: column {repeated!r} appears twice; keep one")
     at = [header.index(c) for c in INTERACTION_COLUMNS]
     users, items, times = [], [], []
-    for row in reader:
+    for row in rows:
         where = f"{path}: line {reader.line_num}"
         if not row or all(not c.strip() for c in row):
             continue
@@ -210,13 +230,11 @@ def _parquet_interactions(path: Path) -> tuple[list, list, list]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not path.is_file():
-        raise UserError(f"workload.source {str(path)!r} not found; give the path of your data file")
+    require_file(path, f"workload.source {str(path)!r}", "give the path of your data file")
     try:
         table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{path}: not a readable Parquet file ({first})") from None
+    except (pa.ArrowException, OSError, ValueError) as err:  # ValueError: bad UTF-8 metadata
+        raise UserError(f"{path}: not a readable Parquet file ({one_line(err, 120)})") from None
     names = [n.lower() for n in table.column_names]
     missing = [c for c in INTERACTION_COLUMNS if c not in names]
     if missing:
@@ -224,21 +242,56 @@ def _parquet_interactions(path: Path) -> tuple[list, list, list]:
             f"{path}: missing column {missing[0]!r}; the file needs columns "
             f"{','.join(INTERACTION_COLUMNS)}"
         )
+    repeated = next((c for c in INTERACTION_COLUMNS if names.count(c) > 1), None)
+    if repeated:
+        raise UserError(f"{path}: column {repeated!r} appears twice (ignoring case); keep one")
     column = {c: table.column(names.index(c)) for c in INTERACTION_COLUMNS}
+    for name in ("user_id", "item_id"):
+        kind = column[name].type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        # floats too: pandas stores an integer column with a missing value as float64
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                or pa.types.is_string(kind) or pa.types.is_large_string(kind)):  # fmt: skip
+            raise UserError(
+                f"{path}: column {name!r} holds {kind} values; ids must be integers or strings"
+            )
     stamps, scale = column["timestamp"], 1.0
     if pa.types.is_timestamp(stamps.type) or pa.types.is_date(stamps.type):
-        stamps, scale = stamps.cast(pa.timestamp("us")).cast(pa.int64()), 1e-6  # -> seconds
+        try:
+            stamps = stamps.cast(pa.timestamp("us")).cast(pa.int64())
+        except pa.ArrowException as err:
+            raise UserError(
+                f"{path}: column 'timestamp' holds dates outside what a timestamp can hold "
+                f"({one_line(err, 100)}); use seconds since 1970 or ISO 8601 dates"
+            ) from None
+        scale = 1e-6  # -> seconds
     users, items = column["user_id"].to_pylist(), column["item_id"].to_pylist()
     times = []
     rows = zip(users, items, stamps.to_pylist(), strict=True)
     for row, (user, item, stamp) in enumerate(rows, start=1):
         where = f"{path}: row {row}"
-        _check_id(where, "user_id", user)
-        _check_id(where, "item_id", item)
+        users[row - 1] = _parquet_id(where, "user_id", user)
+        items[row - 1] = _parquet_id(where, "item_id", item)
         if stamp is None:
             raise UserError(f"{where}: empty timestamp; fill it or remove the row")
         times.append(_timestamp(where, stamp) * scale)
-    return [str(u) for u in users], [str(i) for i in items], times
+    return users, items, times
+
+
+def _parquet_id(where: str, column: str, value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            value = None  # a missing id, as pandas writes one
+        elif not value.is_integer() or abs(value) > 2**53:
+            raise UserError(
+                f"{where}: {column} {short_repr(value)} is not an integer; ids are integers or "
+                "strings"
+            )
+        else:
+            value = int(value)
+    _check_id(where, column, value)
+    return str(value)
 
 
 def _check_id(where: str, column: str, value) -> None:
@@ -248,32 +301,44 @@ def _check_id(where: str, column: str, value) -> None:
 
 def _timestamp(where: str, value) -> float:
     """A number, or an ISO 8601 date/datetime (naive ones read as UTC) in seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        number = math.nan  # refused below: True is not a time
+    elif isinstance(value, (int, float)):
         number = float(value)
     else:
         text = str(value).strip()
         try:
             number = float(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             try:
                 moment = datetime.fromisoformat(text)
-            except ValueError:
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=UTC)
+                number = moment.timestamp()
+            except (ValueError, OverflowError):
                 raise UserError(
-                    f"{where}: timestamp {text!r} is neither a number nor an ISO 8601 date; "
-                    "use e.g. 1700000000 or 2024-05-01T12:00:00"
+                    f"{where}: timestamp {short_repr(text)} is neither a number nor an ISO 8601 "
+                    "date; use e.g. 1700000000 or 2024-05-01T12:00:00"
                 ) from None
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            number = moment.timestamp()
-    if not np.isfinite(number):
-        raise UserError(f"{where}: timestamp {value!r} is not finite; use a real time")
+    if not np.isfinite(number) or abs(number) > MAX_FLOAT:
+        problem = "is too large" if np.isfinite(number) else "is not finite"
+        raise UserError(
+            f"{where}: timestamp {short_repr(value)} {problem}; use a real time, e.g. 1700000000 "
+            "or 2024-05-01T12:00:00"
+        )
     return number
 
 
 def _renumber(ids: list) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct ids, each row's index among them); integer ids sort as numbers."""
+    """(sorted distinct ids, each row's index among them); integer ids sort as numbers.
+
+    Ids are integers only if each one is written as Python writes it back: otherwise '05' and
+    '5', or '1_000' and '1000', would silently become one user."""
     try:
-        values = np.array([int(v) for v in ids], np.int64)
+        numbers = [int(v) for v in ids]
+        if any(str(n) != str(v) for n, v in zip(numbers, ids, strict=True)):
+            raise ValueError("not canonical")
+        values = np.array(numbers, np.int64)
     except (ValueError, OverflowError):
         values = np.array([str(v) for v in ids])
     names, codes = np.unique(values, return_inverse=True)

@@ -35,6 +35,7 @@ import torch
 
 from fedray import seeding
 from fedray.errors import UserError
+from fedray.userfiles import short_repr
 from fedray.workloads.ecommerce import lexicon as lx
 
 PREFERENCE_CONCENTRATION = 0.3  # Dirichlet over leaf types, as in world._interactions
@@ -244,14 +245,14 @@ class FileUsers:
         few = np.flatnonzero(counts < 2)
         if len(few):
             raise UserError(
-                f"{table.path}: user {table.user_names[few[0]].item()!r} has {counts[few[0]]} distinct "
+                f"{table.path}: user {short_repr(table.user_names[few[0]].item())} has {counts[few[0]]} distinct "
                 "item(s); leave-one-out needs at least 2 per user, drop such users from the file"
             )
         # the evaluation negatives and at least one training negative must be left over
         full = np.flatnonzero(table.num_items - counts < self.eval_negatives + 1)
         if len(full):
             raise UserError(
-                f"{table.path}: user {table.user_names[full[0]].item()!r} interacted with "
+                f"{table.path}: user {short_repr(table.user_names[full[0]].item())} interacted with "
                 f"{counts[full[0]]} of {table.num_items} items, leaving fewer than "
                 f"eval_negatives + 1 = {self.eval_negatives + 1} to sample negatives from; "
                 "lower workload.eval_negatives"

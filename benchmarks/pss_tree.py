@@ -1,6 +1,7 @@
 """Peak PSS of a process tree (plus a Ray session's daemons), sampled from /proc in a side process.
 
-Used by ``bench_vs_loop.py``; standard library only, so the sampler process costs a few MB and
+Used by ``bench_vs_loop.py`` and ``bench_scale.py`` (``bench_soak.py`` takes a few readings
+in-process with :func:`tree_snapshot`); standard library only, so the sampler process costs a few MB and
 never competes for the benchmark's GIL. Reading ``smaps_rollup`` makes the kernel walk a process's
 page tables (a few ms for a 300 MB torch process), so doing it every 0.2 s for a dozen processes
 inside the benchmark would steal noticeable CPU and GIL time from the fedray driver it measures.
@@ -101,6 +102,61 @@ class _Tree:
         return members, table
 
 
+def pss_parts_kb(pid: int) -> dict[str, int] | None:
+    """``Pss`` and its split into ``Pss_Anon`` (heap, stacks), ``Pss_File`` (libraries, mapped
+    files) and ``Pss_Shmem`` (e.g. Ray's plasma store in /dev/shm), in kB, from smaps_rollup."""
+    rollup = _read(f"/proc/{pid}/smaps_rollup")
+    parts = {}
+    for line in (rollup or b"").splitlines():
+        key, _, value = line.partition(b":")
+        if key in (b"Pss", b"Pss_Anon", b"Pss_File", b"Pss_Shmem"):
+            parts[key.decode()] = int(value.split()[0])
+    return parts or None
+
+
+def process_title(pid: int) -> str:
+    """argv[0] as the process shows it now, or ``python <script>`` for a Python script.
+
+    Ray's workers rename themselves with setproctitle (``ray::ClientWorker`` for an actor of
+    that class, ``ray::ClientWorker.run_group`` while a method runs, ``ray::IDLE`` for a worker
+    with no actor), so this tells actors apart where ``comm`` only says ``ray::ClientWo``; Ray's
+    Python daemons show as e.g. ``python log_monitor.py``."""
+    cmdline = _read(f"/proc/{pid}/cmdline")
+    if not cmdline:
+        return "?"
+    args = cmdline.decode(errors="replace").split("\0")
+    if os.path.basename(args[0]).startswith("python"):
+        script = next((a for a in args[1:] if a.endswith(".py")), None)
+        if script:
+            return f"python {os.path.basename(script)}"
+    return args[0]
+
+
+def tree_snapshot(root: int, session: str | None = None, exclude: int = -1) -> list[dict]:
+    """One in-process reading of every member of ``root``'s tree (and of a Ray session's
+    daemons, as the sampler defines membership): pid, ppid, name, title and PSS parts in kB.
+
+    For a handful of readings over a long run (``bench_soak.py``) reading in-process costs
+    less than a side process; for frequent sampling use :class:`TreeSampler`."""
+    tree = _Tree(root, exclude=exclude)
+    tree.session = session.encode() if session else None
+    members, table = tree.members()
+    rows = []
+    for pid in sorted(members):
+        parts = pss_parts_kb(pid)
+        if parts:  # None: exited since the walk
+            rows.append(
+                {
+                    "pid": pid,
+                    "ppid": table[pid][0],
+                    "name": process_name(pid),
+                    "title": process_title(pid),
+                    **parts,
+                }
+            )
+    return rows
+
+
 def _sampler_main(root: int, interval: float, pss: bool = True) -> None:
     """The side process: sample until 'stop' on stdin, then print the stats as JSON.
 
@@ -191,6 +247,11 @@ class TreeSampler:
             text=True,
         )
         self.session: str | None = None
+
+    @property
+    def pid(self) -> int:
+        """The side process's pid (to leave it out of readings taken elsewhere)."""
+        return self._proc.pid
 
     def set_session(self, name: str) -> None:
         self.session = name

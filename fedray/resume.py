@@ -42,7 +42,7 @@ def resume_config(
     """The config to resume ``run_dir`` with, and whether the run already finished."""
     import json
 
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # `--resume .` names its folder too
     stored_file = run_dir / CONFIG_FILE
     if not stored_file.is_file():
         raise UserError(

@@ -166,6 +166,7 @@ def run(
     import ray
     import torch
 
+    from fedray.clients.availability_trace import load_availability_trace
     from fedray.clients.profiles import ProfileModel
     from fedray.execution.batched import resolve_mode
     from fedray.execution.layout import FlatLayout
@@ -182,6 +183,8 @@ def run(
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     profiles = ProfileModel(cfg.clients.profile, cfg.seed)  # fails fast on a bad trace file
+    if cfg.clients.availability.trace is not None:  # so does an availability trace
+        load_availability_trace(cfg.clients.availability.trace)
     if cfg.execution.address and not ray.is_initialized():
         check_address(cfg.execution.address)
     saved = None
@@ -313,6 +316,7 @@ def run(
             wall_time_s=last.get("wall_time_s"),
             total_bytes_up=state.cum_bytes_up,
             total_bytes_down=state.cum_bytes_down,
+            total_energy_j=state.cum_energy_j,
             final={
                 k: last.get(k)
                 for k in ("eval_accuracy", "eval_loss", "global_train_loss", "train_loss")

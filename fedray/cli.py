@@ -111,6 +111,22 @@ def _build_parser() -> argparse.ArgumentParser:
         help="results root (default: results/)",
     )
 
+    traces = sub.add_parser("traces", help="convert device and availability traces")
+    traces_sub = traces.add_subparsers(dest="traces_command", required=True, parser_class=_Parser)
+    fedscale = traces_sub.add_parser(
+        "import-fedscale",
+        help="FedScale's client_device_capacity / client_behave_trace -> devices.csv, "
+        "availability.csv",
+    )
+    fedscale.add_argument("--device", help="FedScale device capacity trace (pickle or JSON)")
+    fedscale.add_argument("--behaviour", help="FedScale behaviour trace (pickle or JSON)")
+    fedscale.add_argument("--out", required=True, help="folder for devices.csv, availability.csv")
+    fedscale.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow pickle input (a pickle can run code; only plain data is unpickled)",
+    )
+
     validate = sub.add_parser("validate", help="check a config and print it resolved")
     add_config_args(validate)
     sub.add_parser("workloads", help="list the workloads (workload.name) with what each models")
@@ -156,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             out = report(args.runs, out=args.out, metric=args.metric, target=args.target)
             print(f"fedray: report -> {out}/report.html ({time.perf_counter() - t0:.1f} s)")
+            return 0
+        if args.command == "traces":
+            from fedray.traces import import_fedscale
+
+            for path in import_fedscale(
+                args.out, args.device, args.behaviour, trust_pickle=args.trust_pickle
+            ):
+                print(f"fedray: wrote {path}")
             return 0
         if args.command == "ls":
             from fedray.report.listing import format_rows, list_runs

@@ -81,8 +81,36 @@ def _coerce_dist(value: Any) -> Any:
     return value
 
 
-PROFILE_FIELDS = ("speed", "down_mbps", "up_mbps", "latency_ms", "dropout", "availability")
-_POSITIVE = ("speed", "down_mbps", "up_mbps")
+# Energy and battery fields of a device (fedray.clients.energy): joules per sample of local
+# training, per MB sent and received, watts drawn while a task runs, battery capacity in joules,
+# watts while charging; and the device's time zone, in hours from the virtual clock's midnight.
+ENERGY_FIELDS = (
+    "compute_j_per_sample",
+    "up_j_per_mb",
+    "down_j_per_mb",
+    "idle_w",
+    "battery_j",
+    "charge_w",
+)
+PROFILE_FIELDS = (
+    "speed",
+    "down_mbps",
+    "up_mbps",
+    "latency_ms",
+    "dropout",
+    "availability",
+    *ENERGY_FIELDS,
+    "timezone_h",
+)
+_POSITIVE = ("speed", "down_mbps", "up_mbps", "battery_j")
+_NON_NEGATIVE = (
+    "latency_ms",
+    "compute_j_per_sample",
+    "up_j_per_mb",
+    "down_j_per_mb",
+    "idle_w",
+    "charge_w",
+)
 _PROBABILITY = ("dropout", "availability")
 
 
@@ -111,8 +139,10 @@ class _ProfileFields(_Model):
             low, high = _dist_bounds(d)
             if field in _POSITIVE and low <= 0 and not isinstance(d, LogNormal):
                 raise ValueError(f"{field} must be > 0 (got a lower bound of {low})")
-            if field == "latency_ms" and low < 0:
-                raise ValueError(f"latency_ms must be >= 0 (got a lower bound of {low})")
+            if field in _NON_NEGATIVE and low < 0:
+                raise ValueError(f"{field} must be >= 0 (got a lower bound of {low})")
+            if field == "timezone_h" and (low < -24 or high > 24):
+                raise ValueError("timezone_h is an offset in hours and must lie in [-24, 24]")
             if field in _PROBABILITY and (low < 0 or (high > 1 and not isinstance(d, LogNormal))):
                 raise ValueError(f"{field} is a probability and must lie in [0, 1]")
         return self
@@ -129,6 +159,13 @@ class Tier(_ProfileFields):
     latency_ms: Distribution | None = None
     dropout: Distribution | None = None
     availability: Distribution | None = None
+    compute_j_per_sample: Distribution | None = None
+    up_j_per_mb: Distribution | None = None
+    down_j_per_mb: Distribution | None = None
+    idle_w: Distribution | None = None
+    battery_j: Distribution | None = None
+    charge_w: Distribution | None = None
+    timezone_h: Distribution | None = None
 
 
 class ProfileConfig(_ProfileFields):
@@ -136,7 +173,14 @@ class ProfileConfig(_ProfileFields):
 
     Units: ``speed`` samples/s of local training, ``down_mbps`` / ``up_mbps`` Mbit/s,
     ``latency_ms`` milliseconds (one way, per transfer), ``dropout`` probability per task,
-    ``availability`` probability that a client is online in a given round.
+    ``availability`` probability that a client is online in a given round (or async dispatch).
+
+    Energy (all 0 by default, so energy is not modelled until set; :mod:`fedray.clients.energy`):
+    ``compute_j_per_sample`` joules per sample of local training, ``up_j_per_mb`` /
+    ``down_j_per_mb`` joules per MB (10⁶ bytes) sent / received, ``idle_w`` watts drawn for the
+    whole task; ``battery_j`` capacity and ``charge_w`` charging power, used with
+    ``clients.battery``. ``timezone_h``: the device's offset in hours from the virtual clock,
+    used by diurnal availability and plugged-in hours.
     """
 
     speed: Distribution = Constant(value=100.0)
@@ -145,6 +189,13 @@ class ProfileConfig(_ProfileFields):
     latency_ms: Distribution = Constant(value=50.0)
     dropout: Distribution = Constant(value=0.0)
     availability: Distribution = Constant(value=1.0)
+    compute_j_per_sample: Distribution = Constant(value=0.0)
+    up_j_per_mb: Distribution = Constant(value=0.0)
+    down_j_per_mb: Distribution = Constant(value=0.0)
+    idle_w: Distribution = Constant(value=0.0)
+    battery_j: Distribution = Constant(value=40_000.0)  # ~11 Wh, a phone
+    charge_w: Distribution = Constant(value=10.0)
+    timezone_h: Distribution = Constant(value=0.0)
     tiers: list[Tier] | None = None
     trace: Path | None = None
 
@@ -157,9 +208,111 @@ class ProfileConfig(_ProfileFields):
         return self
 
 
+def _hours_window(value: list[float]) -> list[float]:
+    start, end = value
+    if not (0 <= start < 24 and 0 <= end <= 24):
+        raise ValueError(
+            f"hours are local clock hours: give [start, end] with 0 <= start < 24 and "
+            f"0 <= end <= 24 (e.g. [8, 23], or [22, 7] across midnight), got {value}"
+        )
+    if start == end:
+        raise ValueError(f"[{start}, {end}] is an empty window; use e.g. [0, 24] for all day")
+    return value
+
+
+HoursWindow = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class DiurnalConfig(_Model):
+    """Online only within ``active_hours`` of the client's local day (its ``timezone_h``)."""
+
+    active_hours: HoursWindow
+
+    _check = field_validator("active_hours")(classmethod(lambda cls, v: _hours_window(v)))
+
+
+class MarkovConfig(_Model):
+    """A two-state on/off process per client: exponential up and down times with these means
+    (seconds), started in its stationary state."""
+
+    mean_up_s: float = Field(gt=0, le=1e12)
+    mean_down_s: float = Field(gt=0, le=1e12)
+
+
+class OutageConfig(_Model):
+    """Correlated outages: clients sit behind ``groups`` networks (a seeded assignment); each
+    network fails for exponential times of mean ``mean_duration_s`` after exponential up times of
+    mean ``mean_between_s``, taking all its clients offline together."""
+
+    groups: int = Field(ge=1, le=10**9)
+    mean_between_s: float = Field(gt=0, le=1e12)
+    mean_duration_s: float = Field(gt=0, le=1e12)
+
+
+class AvailabilityConfig(_Model):
+    """Availability over virtual time (:mod:`fedray.clients.availability`). A client is online
+    when every configured part says so, and also draws ``profile.availability`` per round as
+    before. ``trace``: intervals in which each client is online (CSV or Parquet with columns
+    client_id, start_s, end_s and optionally period_s). ``mid_task``: a client that goes offline
+    during a task ``drop``s (status ``offline``) or finishes it anyway (``finish``).
+    ``retry_s``: how long the server waits when no client is online before trying again."""
+
+    diurnal: DiurnalConfig | None = None
+    markov: MarkovConfig | None = None
+    outages: OutageConfig | None = None
+    trace: Path | None = None
+    mid_task: Literal["drop", "finish"] = "drop"
+    retry_s: float = Field(default=300.0, gt=0, le=1e9)
+
+    @property
+    def varies(self) -> bool:
+        """Whether availability depends on virtual time at all."""
+        return any(x is not None for x in (self.diurnal, self.markov, self.outages, self.trace))
+
+
+class BatteryConfig(_Model):
+    """Batteries (:mod:`fedray.clients.battery`): each starts at ``initial_level`` (a fraction of
+    its profile's ``battery_j``), drains by the energy of the tasks it runs unplugged and charges
+    at ``charge_w`` during ``plugged_hours`` of its local day. It takes part when
+    ``participate``: ``charging``, ``above_min`` (level >= ``min_level``) or
+    ``charging_or_above_min``. A task that would empty it stops there (status ``depleted``)."""
+
+    plugged_hours: HoursWindow = [22.0, 7.0]
+    min_level: float = Field(default=0.2, ge=0, le=1)
+    participate: Literal["charging", "above_min", "charging_or_above_min"] = "charging_or_above_min"
+    initial_level: Distribution = Uniform(dist="uniform", low=0.3, high=1.0)
+
+    _check = field_validator("plugged_hours")(classmethod(lambda cls, v: _hours_window(v)))
+
+    @field_validator("initial_level", mode="before")
+    @classmethod
+    def _level_number(cls, value: Any) -> Any:
+        return _coerce_dist(value)
+
+    @field_validator("initial_level")
+    @classmethod
+    def _level_range(cls, d):
+        low, high = _dist_bounds(d)
+        if low < 0 or (high > 1 and not isinstance(d, LogNormal)):
+            raise ValueError("initial_level is a fraction of battery_j and must lie in [0, 1]")
+        return d
+
+
+class SelectionConfig(_Model):
+    """Energy-aware selection. ``max_task_energy_j``: clients whose next task would cost more
+    joules (by the cost model, at dispatch) are not selected. ``prefer_low_energy``: draw that
+    many times the clients needed and keep the cheapest (e.g. 2.0); null selects uniformly."""
+
+    max_task_energy_j: float | None = Field(default=None, gt=0, le=1e15)
+    prefer_low_energy: float | None = Field(default=None, gt=1, le=100)
+
+
 class ClientsConfig(_Model):
     num_clients: int = Field(default=1000, ge=1, le=10**9)
     profile: ProfileConfig = ProfileConfig()
+    availability: AvailabilityConfig = AvailabilityConfig()
+    battery: BatteryConfig | None = None  # off by default
+    selection: SelectionConfig = SelectionConfig()
 
 
 # --------------------------------------------------------------------------- sections
@@ -786,6 +939,11 @@ class Config(_Model):
             raise ValueError(
                 "privacy.sampling poisson draws each client with probability K/N; over_selection "
                 "does not apply — remove it or use sampling: fixed"
+            )
+        if self.clients.availability.varies or self.clients.battery is not None:
+            raise ValueError(
+                "privacy accounting assumes every client can be sampled in every round; remove "
+                "clients.availability's time-varying parts and clients.battery, or remove privacy"
             )
         profile = self.clients.profile
         dists = [profile.availability] + [t.availability for t in profile.tiers or ()]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedray.clients.profiles import ProfileModel, Profiles
-from fedray.config import config_from_dict
+from fedray.config import ENERGY_FIELDS, config_from_dict
 from fedray.sim.costmodel import epochs_within, task_times
 from fedray.sim.round_plan import COMPLETED, DROPPED, PARTIAL, STRAGGLER, plan_round
 from fedray.sim.selection import select_clients
@@ -14,9 +14,11 @@ from fedray.sim.selection import select_clients
 
 def profiles(n, speed=100.0, down=8.0, up=2.0, latency=50.0, dropout=0.0):
     full = lambda v: np.full(n, float(v))  # noqa: E731
+    energy = {f: full(0.0) for f in ENERGY_FIELDS}
     return Profiles(
-        np.arange(n), full(speed), full(down), full(up), full(latency), full(dropout), full(1.0)
-    )
+        np.arange(n), full(speed), full(down), full(up), full(latency), full(dropout), full(1.0),
+        **energy, timezone_h=full(0.0),
+    )  # fmt: skip
 
 
 def test_task_times_golden():

@@ -6,7 +6,9 @@ population of any size costs only the arrays of the clients actually looked at. 
 given, is the one table held in memory; clients beyond its length wrap modulo its row count.
 
 Units: speed in samples/s of local training, bandwidths in Mbit/s, latency in ms per transfer,
-dropout as a probability per task, availability as the probability of being online in a round.
+dropout as a probability per task, availability as the probability of being online in a round;
+energy in joules per sample and per MB, power in watts, battery capacity in joules, time zones in
+hours (:class:`~fedray.config.ProfileConfig`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ class Profiles:
     latency_ms: np.ndarray
     dropout: np.ndarray
     availability: np.ndarray
+    compute_j_per_sample: np.ndarray
+    up_j_per_mb: np.ndarray
+    down_j_per_mb: np.ndarray
+    idle_w: np.ndarray
+    battery_j: np.ndarray
+    charge_w: np.ndarray
+    timezone_h: np.ndarray
 
 
 def _draw(dist, seed: int, field: str, ids: np.ndarray) -> np.ndarray:
@@ -104,6 +113,13 @@ _RANGES = {
     "latency_ms": (">= 0", "ms"),
     "dropout": ("in [0, 1]", "a probability"),
     "availability": ("in [0, 1]", "a probability"),
+    "compute_j_per_sample": (">= 0", "J per sample"),
+    "up_j_per_mb": (">= 0", "J per MB"),
+    "down_j_per_mb": (">= 0", "J per MB"),
+    "idle_w": (">= 0", "W"),
+    "battery_j": ("> 0", "J"),
+    "charge_w": (">= 0", "W"),
+    "timezone_h": ("in [-24, 24]", "hours"),
 }
 
 
@@ -119,12 +135,7 @@ def load_trace(path: Path) -> dict[str, np.ndarray]:
     where = f"trace file {str(path)!r}"
     fix = "set clients.profile.trace to a CSV or Parquet file (see the README for its columns)"
     require_file(path, where, fix)
-    kind = TRACE_FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise UserError(f"{where}: use a .csv or .parquet file")
-    columns, line_of = (
-        _read_parquet(path, where, fix) if kind == "parquet" else _read_csv(path, where, fix)
-    )
+    columns, line_of = read_columns(path, where, fix)
     unknown = [c for c in columns if c not in PROFILE_FIELDS and c != "client_id"]
     if unknown:
         raise UserError(
@@ -143,6 +154,24 @@ def load_trace(path: Path) -> dict[str, np.ndarray]:
         order = _client_order(columns["client_id"], where, line_of)
         trace = {f: values[order] for f, values in trace.items()}
     return trace
+
+
+def read_columns(path: Path, where: str, fix: str) -> tuple[dict[str, np.ndarray], Callable]:
+    """The columns of a CSV or Parquet table a user gives (device or availability trace), and a
+    function naming where row i sits in the file ("line 7", "row 6") for messages."""
+    kind = TRACE_FORMATS.get(Path(path).suffix.lower())
+    if kind is None:
+        raise UserError(f"{where}: use a .csv or .parquet file")
+    return _read_parquet(path, where, fix) if kind == "parquet" else _read_csv(path, where, fix)
+
+
+def numeric(values: np.ndarray) -> np.ndarray:
+    """float64 of each value; NaN where one is not a number (or is empty)."""
+    return _numeric(values)
+
+
+def is_empty(value) -> bool:
+    return _is_empty(value)
 
 
 def _read_csv(path: Path, where: str, fix: str) -> tuple[dict[str, np.ndarray], Callable]:
@@ -232,12 +261,14 @@ def _field(raw: np.ndarray, field: str, where: str, line_of: Callable) -> np.nda
     values = _numeric(raw)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values) | (np.abs(values) > MAX_FLOAT)
-        if field in ("speed", "down_mbps", "up_mbps"):
+        if field in ("speed", "down_mbps", "up_mbps", "battery_j"):
             bad |= values <= 0
-        elif field == "latency_ms":
-            bad |= values < 0
-        else:
+        elif field == "timezone_h":
+            bad |= np.abs(values) > 24
+        elif field in ("dropout", "availability"):
             bad |= (values < 0) | (values > 1)
+        else:
+            bad |= values < 0
     if bad.any():
         row = int(np.argmax(bad))
         accepted, unit = _RANGES[field]

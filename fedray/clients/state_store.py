@@ -185,6 +185,10 @@ class ClientStateStore:
         self._on_disk.add(key)
 
 
+# Entries only the driver reads (a battery's level): never shipped to the workers.
+DRIVER_SIDE = frozenset({"battery"})
+
+
 class ClientStates:
     """Everything clients remember between tasks, keyed by (client, name): error-feedback
     residuals (``ef.residual``), private parameters (``private``), SCAFFOLD's control variates
@@ -205,10 +209,16 @@ class ClientStates:
         }
 
     def bundle(self, client_ids) -> dict[int, dict[str, np.ndarray]]:
-        """The entries of those of ``client_ids`` that have any, to ship with a job."""
-        if not self.names:
+        """The entries of those of ``client_ids`` that have any, to ship with a job (without the
+        driver's own entries, :data:`DRIVER_SIDE`)."""
+        if not self.names - DRIVER_SIDE:
             return {}
-        return {int(c): s for c in client_ids if (s := self.of(int(c)))}
+        out = {}
+        for c in client_ids:
+            entries = {n: a for n, a in self.of(int(c)).items() if n not in DRIVER_SIDE}
+            if entries:
+                out[int(c)] = entries
+        return out
 
     def update(self, states: dict[int, dict[str, np.ndarray]]) -> None:
         """Store a job's new entries (in sorted order: eviction never depends on arrival)."""

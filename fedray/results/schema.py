@@ -21,7 +21,11 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("num_selected", pa.int64()),
         pa.field("num_completed", pa.int64()),
         pa.field("num_partial", pa.int64()),
+        # lost connections: a random dropout, going offline part-way (availability over
+        # virtual time), an empty battery
         pa.field("num_dropped", pa.int64()),
+        pa.field("num_offline", pa.int64()),
+        pa.field("num_depleted", pa.int64()),
         pa.field("num_stragglers", pa.int64()),
         pa.field("num_stale", pa.int64()),
         # clients whose update was poisoned (NaN/inf, or above robustness.max_update_norm) and
@@ -37,6 +41,12 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("compression_ratio", pa.float64()),
         pa.field("cum_bytes_up", pa.int64()),
         pa.field("cum_bytes_down", pa.int64()),
+        # joules the step's tasks spent (fedray.clients.energy; 0 without energy fields), the
+        # run's total so far, and seconds the server waited for a client to come online first
+        # (async: summed over the slots that waited)
+        pa.field("energy_j", pa.float64()),
+        pa.field("cum_energy_j", pa.float64()),
+        pa.field("wait_s", pa.float64()),
         pa.field("train_loss", pa.float64()),
         pa.field("eval_loss", pa.float64()),
         pa.field("eval_accuracy", pa.float64()),
@@ -75,6 +85,9 @@ CLIENT_EVENTS_SCHEMA = pa.schema(
         pa.field("bytes_up", pa.int64()),
         pa.field("bytes_down", pa.int64()),
         pa.field("train_loss", pa.float64()),
+        # joules the task spent, and the battery's level after it (null without clients.battery)
+        pa.field("energy_j", pa.float64()),
+        pa.field("battery_j", pa.float64(), nullable=True),
     ]
 )
 

@@ -38,10 +38,11 @@ import ray
 from fedray.config import Config
 from fedray.errors import UserError
 from fedray.execution.worker import GroupJob, GroupResult, Task
+from fedray.sim.conditions import MAX_IDLE_S
 from fedray.sim.dispatch import DispatchPlan, DispatchPlanner
 from fedray.sim.driver import Driver, DriverState
 from fedray.sim.recorder import QUARANTINED, Tally, round_row
-from fedray.sim.round_plan import COMPLETED, DROPPED
+from fedray.sim.round_plan import COMPLETED, DEPLETED, DROPPED, LOST, OFFLINE
 from fedray.workloads import Workload
 
 STALE = "stale"
@@ -108,6 +109,8 @@ _EVENT_COLUMNS = (
     "bytes_up",
     "bytes_down",
     "train_loss",
+    "energy_j",
+    "battery_j",
 )
 
 
@@ -135,8 +138,12 @@ class AsyncDriver(Driver):
             transfer_bytes=lambda ids, model_bytes: self.links.transfer_bytes(
                 self.num_client_rows(ids), len(ids), model_bytes
             ),
+            conditions=self.conditions,
         )
-        self._events: list[tuple[float, int]] = []  # (finish_s, seq) heap
+        # (finish_s, seq) heap; a negative seq is a retry: nobody was eligible at dispatch
+        self._events: list[tuple[float, int]] = []
+        self._retries = 0  # retries ever scheduled (numbers them)
+        self._idle_since: float | None = None  # when dispatching last found nobody eligible
         self._in_flight: dict[int, InFlight] = {}  # seq -> task
         self._busy: set[int] = set()  # client ids in flight
         self._pending: list[InFlight] = []  # dispatched, not yet submitted to the pool
@@ -167,12 +174,16 @@ class AsyncDriver(Driver):
                     "is too stale; lower clients.profile.dropout or raise asynchronous.max_staleness"
                 )
             finish_s, seq = heapq.heappop(self._events)
+            if seq < 0:  # a slot waited for a client to come online
+                self.state.sim_time_s = max(self.state.sim_time_s, finish_s)
+                self._dispatch(finish_s)
+                continue
             task = self._in_flight.pop(seq)
             self._busy.discard(task.plan.client_id)
             self.state.sim_time_s = finish_s
             stepped = False
             if task.plan.dropped:
-                self._resolve(task, DROPPED)
+                self._resolve(task, task.plan.status)
             else:
                 stepped = self._arrive(task, wall_start)
             self._release(task.version)
@@ -221,15 +232,32 @@ class AsyncDriver(Driver):
 
     def _dispatch(self, now: float) -> None:
         seq = self._next_seq
-        self._next_seq += 1
         version = self._current_version()
-        plan = self.planner.next(seq, self._busy, version.payload_bytes)
+        plan = self.planner.next(seq, self._busy, version.payload_bytes, now)
+        if plan is None:  # nobody eligible now: this slot tries again later
+            self._wait(now)
+            return
+        self._idle_since = None
+        self._next_seq += 1
         task = InFlight(seq=seq, version=self.state.server.version, dispatch_s=now, plan=plan)
         self._track(task)
         tally = self._window.tally
         tally.selected += 1
         tally.bytes_down += task.plan.bytes_down
         tally.bytes_down_raw += task.plan.bytes_down_raw
+
+    def _wait(self, now: float) -> None:
+        if self._idle_since is None:
+            self._idle_since = now
+        elif now - self._idle_since > MAX_IDLE_S:
+            raise UserError(
+                f"no client was online and eligible for {(now - self._idle_since) / 86400:.0f} "
+                "simulated days; check clients.availability and clients.battery"
+            )
+        self._retries += 1
+        retry_s = self.conditions.retry_s
+        self._window.tally.wait_s += retry_s  # slot-seconds: one slot waits
+        heapq.heappush(self._events, (now + retry_s, -self._retries))
 
     def _track(self, task: InFlight) -> None:
         self._versions[task.version].users += 1
@@ -301,7 +329,7 @@ class AsyncDriver(Driver):
 
     def _resolve(self, task: InFlight, status: str, staleness: int = -1, loss=np.nan) -> None:
         window, tally = self._window, self._window.tally
-        arrived = status != DROPPED
+        arrived = status not in LOST
         bytes_up = task.plan.bytes_up if arrived else 0
         values = (
             task.plan.client_id,
@@ -318,11 +346,16 @@ class AsyncDriver(Driver):
             bytes_up,
             task.plan.bytes_down,
             loss,
+            task.plan.energy_j,
+            task.plan.battery_j,
         )
         for column, value in zip(window.events.values(), values, strict=True):
             column.append(value)
         tally.bytes_up += bytes_up
         tally.dropped += status == DROPPED
+        tally.offline += status == OFFLINE
+        tally.depleted += status == DEPLETED
+        tally.energy_j += task.plan.energy_j
         tally.stale += status == STALE
         tally.quarantined += status == QUARANTINED
         tally.bytes_up_raw += task.plan.bytes_up_raw if arrived else 0
@@ -338,6 +371,7 @@ class AsyncDriver(Driver):
         state.round += 1
         state.cum_bytes_up += window.tally.bytes_up
         state.cum_bytes_down += window.tally.bytes_down
+        state.cum_energy_j += window.tally.energy_j
         row = round_row(state, window.tally, time.perf_counter() - wall_start)
         if state.round % cfg.eval_every == 0 or state.round == cfg.rounds:
             row.update(self.evaluate(state.server.params, self.eval_privates()))
@@ -354,6 +388,9 @@ class AsyncDriver(Driver):
         self.state.queue = {
             "next_seq": self._next_seq,
             "last_step": list(self._last_step),
+            "retries": [[t, s] for t, s in sorted(self._events) if s < 0],
+            "retry_count": self._retries,
+            "idle_since": self._idle_since,
             "in_flight": [
                 {"seq": t.seq, "version": t.version, "dispatch_s": t.dispatch_s, **asdict(t.plan)}
                 for t in sorted(self._in_flight.values(), key=lambda t: t.seq)
@@ -374,6 +411,10 @@ class AsyncDriver(Driver):
     def _restore_queue(self, queue: dict) -> None:
         self._next_seq = int(queue["next_seq"])
         self._last_step = tuple(int(x) for x in queue["last_step"])
+        self._retries = int(queue.get("retry_count", 0))
+        self._idle_since = queue.get("idle_since")
+        for when, seq in queue.get("retries", []):
+            heapq.heappush(self._events, (float(when), int(seq)))
         for v, entry in queue["versions"].items():
             self._versions[int(v)] = _Version(dict(entry["received"]), int(entry["payload_bytes"]))
         window = queue["window"]

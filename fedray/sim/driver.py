@@ -21,6 +21,7 @@ from fedray.execution.pool import WorkerPool
 from fedray.execution.transforms import Pipeline
 from fedray.execution.worker import PRIVATE
 from fedray.sim import checkpoint
+from fedray.sim.conditions import Conditions
 from fedray.sim.evaluation import Evaluator, initial_params
 from fedray.sim.links import Links, remove_if_empty
 from fedray.strategies import make_strategy
@@ -37,6 +38,7 @@ class DriverState:
     sim_time_s: float = 0.0
     cum_bytes_up: int = 0
     cum_bytes_down: int = 0
+    cum_energy_j: float = 0.0
     queue: dict = field(default_factory=dict)
 
 
@@ -88,6 +90,8 @@ class Driver:
         # Everything clients remember between tasks (residuals, private parameters, control
         # variates), bounded in memory and spilled to the run's folder.
         self.client_states = ClientStates(cfg.execution.client_state_mb * 2**20, self.state_dir)
+        # Availability over virtual time, batteries and energy (their state is in client_states)
+        self.conditions = Conditions(cfg, profiles, self.client_states)
         self.run_path = run_path
         self.checkpoint_every = checkpoint_every
         self.stop_requested = stop_requested
@@ -138,6 +142,7 @@ class Driver:
             "sim_time_s": state.sim_time_s,
             "cum_bytes_up": state.cum_bytes_up,
             "cum_bytes_down": state.cum_bytes_down,
+            "cum_energy_j": state.cum_energy_j,
             "queue": state.queue,
             "sinks": self.on_checkpoint(),
         }
@@ -152,6 +157,7 @@ class Driver:
             sim_time_s=float(saved["sim_time_s"]),
             cum_bytes_up=int(saved["cum_bytes_up"]),
             cum_bytes_down=int(saved["cum_bytes_down"]),
+            cum_energy_j=float(saved.get("cum_energy_j", 0.0)),
             queue=saved.get("queue") or {},
         )
         if self.state_dir is not None:  # spill files a killed process left behind
@@ -159,6 +165,7 @@ class Driver:
             shutil.rmtree(self.state_dir, ignore_errors=True)
             budget = self.cfg.execution.client_state_mb * 2**20
             self.client_states = ClientStates(budget, self.state_dir)
+            self.conditions = Conditions(self.cfg, self.profiles, self.client_states)
         self.client_states.load(checkpoint.client_state_path(self.run_path))
 
     def close(self) -> None:

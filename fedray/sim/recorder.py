@@ -29,6 +29,8 @@ class Tally:
     completed: int = 0
     partial: int = 0
     dropped: int = 0
+    offline: int = 0  # went offline during the task
+    depleted: int = 0  # its battery ran out
     stragglers: int = 0
     stale: int = 0
     quarantined: int = 0
@@ -36,6 +38,8 @@ class Tally:
     bytes_down: int = 0
     bytes_up_raw: int = 0
     bytes_down_raw: int = 0
+    energy_j: float = 0.0  # spent by the window's tasks
+    wait_s: float = 0.0  # waited before it for any client to be online
     staleness: list[int] = field(default_factory=list)  # of the updates aggregated
     losses: list[float] = field(default_factory=list)  # their train losses ...
     samples: list[float] = field(default_factory=list)  # ... and sample counts
@@ -63,6 +67,8 @@ def round_row(state, tally: Tally, wall_time_s: float, **extra) -> dict:
         "num_completed": tally.completed,
         "num_partial": tally.partial,
         "num_dropped": tally.dropped,
+        "num_offline": tally.offline,
+        "num_depleted": tally.depleted,
         "num_stragglers": tally.stragglers,
         "num_stale": tally.stale,
         "num_quarantined": tally.quarantined,
@@ -76,6 +82,9 @@ def round_row(state, tally: Tally, wall_time_s: float, **extra) -> dict:
         "compression_ratio": tally.bytes_up_raw / tally.bytes_up if tally.bytes_up else np.nan,
         "cum_bytes_up": state.cum_bytes_up,
         "cum_bytes_down": state.cum_bytes_down,
+        "energy_j": tally.energy_j,
+        "cum_energy_j": state.cum_energy_j,
+        "wait_s": tally.wait_s,
         "train_loss": train_loss,
         **UNEVALUATED,
         **extra,

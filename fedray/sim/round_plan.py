@@ -17,12 +17,20 @@ Rules, with ``K = clients_per_round`` and all selected clients dispatched at the
 * the round ends at the K-th accepted arrival if there is one, otherwise when every client has
   arrived or dropped, capped at the deadline under ``drop``.
 
+* **limits** — a client can also be lost for a reason known from its conditions
+  (:mod:`fedray.sim.conditions`): it goes offline part-way (status ``offline``) or its battery
+  runs out (``depleted``). ``limit(times, epochs)`` gives, per client, the second after dispatch
+  at which that happens (inf for never) and the status; the earliest of that, the random
+  dropout and the arrival decides.
+
 Statuses are what the server observes: ``completed``, ``partial`` (accepted with fewer epochs),
-``dropped``, ``straggler`` (still running when the round closed).
+``dropped``, ``offline``, ``depleted`` (the three ways a connection is lost), ``straggler`` (still
+running when the round closed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +40,10 @@ from fedray.clients.profiles import Profiles
 from fedray.sim.costmodel import TaskTimes, epochs_within, task_times, truncate_at
 
 COMPLETED, PARTIAL, DROPPED, STRAGGLER = "completed", "partial", "dropped", "straggler"
+OFFLINE, DEPLETED = "offline", "depleted"
+LOST = (DROPPED, OFFLINE, DEPLETED)  # statuses of a connection lost before the upload arrived
+
+Limit = Callable[[TaskTimes, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,10 @@ class RoundPlan:
     def accepted(self) -> np.ndarray:
         return (self.status == COMPLETED) | (self.status == PARTIAL)
 
+    @property
+    def lost(self) -> np.ndarray:
+        return np.isin(self.status, LOST)
+
 
 def plan_round(
     *,
@@ -65,6 +81,7 @@ def plan_round(
     clients_per_round: int,
     deadline_s: float | None,
     policy: str,
+    limit: Limit | None = None,
 ) -> RoundPlan:
     ids = np.asarray(client_ids, dtype=np.int64)
     n = len(ids)
@@ -82,6 +99,13 @@ def plan_round(
     total = times.total_s
     dropped = seeding.uniform(seed, "dropout", ids, round_) < profiles.dropout
     drop_at = seeding.uniform(seed, "dropout.point", ids, round_) * total
+    reason = np.full(n, DROPPED, dtype=object)
+    if limit is not None:
+        lost_at, lost_status = limit(times, epochs)
+        forced = lost_at < np.where(dropped, drop_at, total)  # before the drop or the arrival
+        dropped = dropped | forced
+        drop_at = np.where(forced, lost_at, drop_at)
+        reason = np.where(forced, lost_status, reason)
     resolve = np.where(dropped, drop_at, total)
 
     cutoff = deadline_s if (policy == "drop" and deadline_s is not None) else np.inf
@@ -100,11 +124,11 @@ def plan_round(
     accepted = np.zeros(n, dtype=bool)
     accepted[accepted_idx] = True
     status = np.full(n, STRAGGLER, dtype=object)
-    status[dropped & (drop_at <= duration)] = DROPPED
+    was_dropped = dropped & (drop_at <= duration)
+    status[was_dropped] = reason[was_dropped]
     status[accepted] = COMPLETED
     status[accepted & (epochs < local_epochs)] = PARTIAL
 
-    was_dropped = status == DROPPED
     spent = truncate_at(times, np.where(was_dropped, drop_at, total))
     finish = np.where(was_dropped, drop_at, total)
 

@@ -16,6 +16,7 @@ dispatch; the worker's real lengths are checked against it.
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -28,10 +29,19 @@ from fedray.errors import UserError
 from fedray.execution.batched import resolve_mode
 from fedray.execution.worker import GroupJob, Task
 from fedray.privacy import Accountant
+from fedray.sim.conditions import MAX_IDLE_S, Work, price
 from fedray.sim.driver import Driver, DriverState
 from fedray.sim.links import Transfers
 from fedray.sim.recorder import QUARANTINED, Tally, round_row
-from fedray.sim.round_plan import DROPPED, PARTIAL, STRAGGLER, RoundPlan, plan_round
+from fedray.sim.round_plan import (
+    DEPLETED,
+    DROPPED,
+    OFFLINE,
+    PARTIAL,
+    STRAGGLER,
+    RoundPlan,
+    plan_round,
+)
 from fedray.sim.selection import select_clients, select_poisson
 from fedray.strategies import Scaffold
 from fedray.workloads import Workload
@@ -163,10 +173,13 @@ class SyncDriver(Driver):
         aggregated clients' durations, and the model to evaluate (None when not evaluated)."""
         cfg, state = self.cfg, self.state
         round_ = state.round + 1
-        cohort = self._select(round_)
-        num_samples = self.workload.num_train_samples(cohort)
         received, model_bytes = self.broadcast(round_)
-        plan, bytes_ = self._plan(round_, cohort, num_samples, model_bytes)
+        cohort, waited = self._select_waiting(round_, model_bytes)
+        num_samples = self.workload.num_train_samples(cohort)
+        plan, bytes_, work = self._plan(round_, cohort, num_samples, model_bytes)
+        energy, battery = self.conditions.settle(
+            cohort, state.sim_time_s, plan, self.conditions.energy(work, plan)
+        )
         groups, costs = make_groups(
             plan,
             num_samples,
@@ -196,30 +209,78 @@ class SyncDriver(Driver):
             state.server = self.strategy.server_step(state.server, aggregate)
         evaluate = round_ % cfg.eval_every == 0 or round_ == cfg.rounds
         return (
-            *self._rows(round_, plan, num_samples, bytes_, losses, quarantined, clipped, wall_start, dispatch, dispatch_version),
+            *self._rows(round_, plan, num_samples, bytes_, losses, quarantined, clipped, wall_start, dispatch, dispatch_version, energy, battery, waited),
             state.server.params if evaluate else None,
         )  # fmt: skip
 
-    def _select(self, round_: int) -> np.ndarray:
-        cfg = self.cfg
+    def _select_waiting(self, round_: int, model_bytes: int) -> tuple[np.ndarray, float]:
+        """The round's cohort, after waiting (in steps of ``clients.availability.retry_s``) for
+        a client to be online when availability varies over time; and the seconds waited."""
+        cohort, waited = self._select(round_, model_bytes), 0.0
+        conditions = self.conditions
+        while not len(cohort) and conditions.waits:
+            if waited >= MAX_IDLE_S:
+                raise UserError(
+                    f"no client was online and eligible for {waited / 86400:.0f} simulated days "
+                    f"(from round {round_}); check clients.availability and clients.battery"
+                )
+            self.state.sim_time_s += conditions.retry_s
+            waited += conditions.retry_s
+            cohort = self._select(round_, model_bytes)
+        return cohort, waited
+
+    def _select(self, round_: int, model_bytes: int) -> np.ndarray:
+        cfg, conditions = self.cfg, self.conditions
         common = dict(seed=cfg.seed, round_=round_, num_clients=cfg.clients.num_clients)
+        eligible = None
+        if conditions.active:
+            now = self.state.sim_time_s
+            costed = conditions.max_task_j is not None
+
+            def eligible(ids):
+                return conditions.eligible(ids, now, self._work(ids, model_bytes) if costed else None)  # fmt: skip
+
         if cfg.privacy is not None and cfg.privacy.sampling == "poisson":
             rate = cfg.clients_per_round / cfg.clients.num_clients
-            return select_poisson(**common, rate=rate, profiles=self.profiles)
-        return select_clients(**common, count=cfg.num_selected, profiles=self.profiles)
+            return select_poisson(**common, rate=rate, profiles=self.profiles, eligible=eligible)
+        count = cfg.num_selected
+        if conditions.prefer is not None:
+            count = min(cfg.clients.num_clients, math.ceil(count * conditions.prefer))
+        cohort = select_clients(**common, count=count, profiles=self.profiles, eligible=eligible)
+        if len(cohort) > cfg.num_selected:  # the cheapest of the draw (prefer_low_energy)
+            keep = conditions.cheapest(cohort, cfg.num_selected, self._work(cohort, model_bytes))
+            cohort = cohort[keep]
+        return cohort
+
+    def _work(self, ids, model_bytes: int, sizes: Transfers | None = None) -> Work:
+        """What the clients' tasks would be this round (profiles, bytes, times, energy)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if sizes is None:
+            sizes = self.links.transfer_bytes(self.num_client_rows(ids), len(ids), model_bytes)
+        return price(
+            self.profiles.lookup(ids),
+            self.workload.num_train_samples(ids),
+            self.cfg.client.local_epochs,
+            sizes.down,
+            sizes.up * self.payloads,
+        )
 
     def _plan(
         self, round_: int, cohort, num_samples, model_bytes: int
-    ) -> tuple[RoundPlan, Transfers]:
-        """The round in virtual time (:func:`plan_round`) and per client the bytes it implies
-        (one upload payload; the download counts every payload it carries)."""
+    ) -> tuple[RoundPlan, Transfers, Work]:
+        """The round in virtual time (:func:`plan_round`), per client the bytes it implies
+        (one upload payload; the download counts every payload it carries), and its work."""
         cfg = self.cfg
         sizes = self.links.transfer_bytes(self.num_client_rows(cohort), len(cohort), model_bytes)
+        work = self._work(cohort, model_bytes, sizes)
+        limit = None
+        if self.conditions.active:
+            limit = self.conditions.limit(cohort, self.state.sim_time_s, work)
         plan = plan_round(
             seed=cfg.seed,
             round_=round_,
             client_ids=cohort,
-            profiles=self.profiles.lookup(cohort),
+            profiles=work.profiles,
             num_samples=num_samples,
             local_epochs=cfg.client.local_epochs,
             model_bytes=sizes.down,
@@ -228,8 +289,9 @@ class SyncDriver(Driver):
             clients_per_round=self._quorum(len(cohort)),
             deadline_s=cfg.deadline_s,
             policy=cfg.stragglers,
+            limit=limit,
         )
-        return plan, replace(sizes, down_raw=sizes.down_raw * self.payloads)
+        return plan, replace(sizes, down_raw=sizes.down_raw * self.payloads), work
 
     def _quorum(self, cohort_size: int) -> int:
         poisson = self.cfg.privacy is not None and self.cfg.privacy.sampling == "poisson"
@@ -237,7 +299,7 @@ class SyncDriver(Driver):
 
     def _rows(
         self, round_, plan, num_samples, bytes_, losses, quarantined, clipped, wall_start,
-        dispatch, dispatch_version,
+        dispatch, dispatch_version, energy, battery, waited,
     ) -> tuple[dict, dict, np.ndarray]:  # fmt: skip
         """The round's row, its client events and the aggregated clients' durations."""
         state = self.state
@@ -250,6 +312,10 @@ class SyncDriver(Driver):
             completed=int(accepted.sum()),
             partial=int((plan.status == PARTIAL).sum()),
             dropped=int((plan.status == DROPPED).sum()),
+            offline=int((plan.status == OFFLINE).sum()),
+            depleted=int((plan.status == DEPLETED).sum()),
+            energy_j=float(energy.sum()),
+            wait_s=waited,
             stragglers=int((plan.status == STRAGGLER).sum()),
             quarantined=int(quarantined.sum()),
             bytes_up=int(plan.bytes_up.sum()),
@@ -264,6 +330,7 @@ class SyncDriver(Driver):
         state.round = round_
         state.cum_bytes_up += tally.bytes_up
         state.cum_bytes_down += tally.bytes_down
+        state.cum_energy_j += tally.energy_j
         dp = {"dp_epsilon": np.nan, "dp_clipped_fraction": np.nan}
         if self.accountant is not None:
             # Every round counts, even one in which no client was accepted (conservative).
@@ -290,5 +357,7 @@ class SyncDriver(Driver):
             "bytes_up": plan.bytes_up,
             "bytes_down": plan.bytes_down,
             "train_loss": losses,
+            "energy_j": energy,
+            "battery_j": battery,
         }
         return row, events, plan.finish_s[aggregated]

@@ -66,6 +66,25 @@ def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout_s: float 
         time.sleep(0.02)
 
 
+# Availability over virtual time, batteries and energy: the battery levels live in the client-state
+# store, the async retries in the event queue; both must survive a kill.
+CONDITIONS = {
+    "num_clients": 40,
+    "profile": {
+        "dropout": 0.1,
+        "compute_j_per_sample": 2.0,
+        "idle_w": 1.0,
+        "battery_j": {"dist": "uniform", "low": 300, "high": 3000},
+        "timezone_h": {"dist": "uniform", "low": -3, "high": 3},
+    },
+    "availability": {
+        "diurnal": {"active_hours": [6, 20]},
+        "markov": {"mean_up_s": 600, "mean_down_s": 200},
+        "retry_s": 120,
+    },
+    "battery": {"min_level": 0.3},
+}
+
 CASES = {
     "sync-topk-ef": {"compression": {"uplink": {"name": "topk", "fraction": 0.1}}},
     "sync-scaffold": {"strategy": {"name": "scaffold"}},
@@ -79,6 +98,14 @@ CASES = {
         "rounds": 400,
         "asynchronous": {"concurrency": 6, "buffer_size": 3},
         "compression": {"uplink": {"name": "topk", "fraction": 0.1}},
+        "output": {"checkpoint_every": 20},
+    },
+    "sync-conditions": {"clients": CONDITIONS},
+    "async-conditions": {
+        "mode": "async",
+        "rounds": 300,
+        "asynchronous": {"concurrency": 6, "buffer_size": 3},
+        "clients": CONDITIONS,
         "output": {"checkpoint_every": 20},
     },
 }

@@ -90,12 +90,17 @@ class _Renewal:
         return -self.means[state] * np.log1p(-u)
 
     def at(self, entities, t) -> tuple[np.ndarray, np.ndarray]:
-        """(up at t, end of the interval containing t) per entity; ``t`` scalar or aligned."""
+        """(up at t, end of the interval containing t) per entity; ``t`` scalar or aligned.
+
+        Interval ends are summed in chunks of ``_CHUNK`` holding times from k = 0, each chunk
+        starting at the previous one's last end, and the memo keeps only chunk starts: the
+        floats are the same whether a query starts from the memo or from zero (a resumed run
+        has no memo), so the state at t never depends on what was asked before."""
         ids = np.asarray(entities, dtype=np.int64)
         t = np.broadcast_to(np.asarray(t, dtype=np.float64), ids.shape)
         first = self._first_state(ids)
-        k = np.zeros(ids.shape, dtype=np.int64)
-        begin = np.zeros(ids.shape)
+        k = np.zeros(ids.shape, dtype=np.int64)  # a chunk's first holding time
+        begin = np.zeros(ids.shape)  # where that chunk starts
         for i, (e, when) in enumerate(zip(ids.tolist(), t.tolist(), strict=True)):
             memo = self._memo.get(e)
             if memo is not None and memo[1] <= when:
@@ -111,12 +116,9 @@ class _Renewal:
             hit = ends > t[todo, None]
             found = hit.any(axis=1)
             j = np.argmax(hit, axis=1)
-            done = todo[found]
-            jf = j[found]
-            k[done] = k[done] + jf
+            done, jf = todo[found], j[found]
             end[done] = ends[found, jf]
-            begin[done] = np.where(jf > 0, ends[found, np.maximum(jf - 1, 0)], begin[done])
-            up[done] = (first[done] ^ (k[done] & 1)).astype(bool)
+            up[done] = (first[done] ^ ((k[done] + jf) & 1)).astype(bool)
             rest = todo[~found]
             k[rest] += _CHUNK
             begin[rest] = ends[~found, -1]

@@ -33,9 +33,19 @@ LAYOUT = (
     (
         "fedray: clients",
         "outcomes per round",
-        ("clients/completed", "clients/dropped", "clients/stragglers"),
+        (
+            "clients/completed",
+            "clients/dropped",
+            "clients/offline",
+            "clients/depleted",
+            "clients/stragglers",
+        ),
     ),
     ("fedray: clients", "round duration (simulated s)", ("time/round_duration_s",)),
+    ("fedray: clients", "waited for clients (simulated s)", ("time/wait_s",)),
+    ("fedray: energy", "kJ per round", ("energy/round_kJ",)),
+    ("fedray: energy", "cumulative kJ", ("energy/cum_kJ",)),
+    ("fedray: energy", "accuracy by cumulative kJ", ("by_kJ/eval/accuracy",)),
     ("fedray: communication", "cumulative MB", ("comm/cum_MB_up", "comm/cum_MB_down")),
     ("fedray: communication", "compression ratio", ("comm/compression_ratio",)),
     ("fedray: async", "staleness", ("async/staleness_mean", "async/staleness_max")),
@@ -86,7 +96,10 @@ class TensorBoardSink:
             "train/global_loss": row["global_train_loss"],
             "clients/completed": row["num_completed"],
             "clients/dropped": row["num_dropped"],
+            "clients/offline": row.get("num_offline"),
+            "clients/depleted": row.get("num_depleted"),
             "clients/stragglers": row["num_stragglers"],
+            "time/wait_s": row.get("wait_s"),
             "time/round_duration_s": row["round_duration_s"],
             "time/sim_time_s": row["sim_time_s"],
             "comm/cum_MB_up": row["cum_bytes_up"] / 1e6,
@@ -104,6 +117,10 @@ class TensorBoardSink:
             for key, value in row.items()
             if key.startswith("eval_") and key not in ("eval_loss", "eval_accuracy")
         )
+        cum_energy = row.get("cum_energy_j") or 0.0
+        if cum_energy > 0:  # energy is modelled (the profile's energy fields are set)
+            scalars["energy/round_kJ"] = row["energy_j"] / 1e3
+            scalars["energy/cum_kJ"] = cum_energy / 1e3
         staleness_max = row.get("staleness_max")
         self._stale = self._stale or (staleness_max is not None and staleness_max > 0)
         for tag, value in scalars.items():
@@ -116,6 +133,10 @@ class TensorBoardSink:
                 self._writer.add_scalar(f"by_sim_time/{tag}", value, sim_step)
                 self._writer.add_scalar(f"by_kB_up/{tag}", value, kb_up)
                 self._logged.update((f"by_sim_time/{tag}", f"by_kB_up/{tag}"))
+        accuracy = scalars["eval/accuracy"]
+        if cum_energy > 0 and accuracy is not None and not math.isnan(accuracy):
+            self._writer.add_scalar("by_kJ/eval/accuracy", accuracy, int(cum_energy // 1e3))
+            self._logged.add("by_kJ/eval/accuracy")
         if len(durations):
             self._writer.add_histogram("clients/task_duration_s", durations, step)
         if staleness is not None and len(staleness) and np.any(staleness > 0):

@@ -78,6 +78,11 @@ class Conditions:
             x is not None for x in (self.availability, self.batteries, self.max_task_j, self.prefer)
         )
 
+    def use_states(self, states: ClientStates) -> None:
+        """Read and write batteries in ``states`` from now on (a resumed run's new store)."""
+        if self.batteries is not None:
+            self.batteries.states = states
+
     # ------------------------------------------------------------------ selection
 
     def eligible(self, client_ids, t: float, work: Work | None = None) -> np.ndarray:

@@ -165,7 +165,7 @@ class Driver:
             shutil.rmtree(self.state_dir, ignore_errors=True)
             budget = self.cfg.execution.client_state_mb * 2**20
             self.client_states = ClientStates(budget, self.state_dir)
-            self.conditions = Conditions(self.cfg, self.profiles, self.client_states)
+            self.conditions.use_states(self.client_states)
         self.client_states.load(checkpoint.client_state_path(self.run_path))
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ _X_LABELS = {
     "cum_bytes_up": ("cumulative uploaded MB", 1e-6),
     "cum_bytes_down": ("cumulative downloaded MB", 1e-6),
     "sim_time_s": ("simulated time (s)", 1.0),
+    "cum_energy_j": ("cumulative client energy (kJ)", 1e-3),
     "wall_time_s": ("wall time (s)", 1.0),
     "round": ("round", 1.0),
 }

@@ -864,10 +864,10 @@ class Config(_Model):
                 "secure_aggregation supports synchronous rounds only; set mode: sync or remove "
                 "secure_aggregation"
             )
-        if self.privacy is not None:
+        if self.privacy is not None and self.privacy.sampling == "poisson":
             raise ValueError(
-                "secure_aggregation with privacy is not supported: DP-FedAvg noises the sum on "
-                "the server, which secure aggregation would have to trust; remove one of them"
+                "secure_aggregation needs a cohort of known size to size its ring and noise "
+                "shares, but privacy.sampling poisson draws a random one; use sampling: fixed"
             )
         if self.compression.uplink.name != "none":
             raise ValueError(
@@ -888,6 +888,18 @@ class Config(_Model):
                 f"{sa.clip_range:g} at scale={sa.scale:g} can overflow a {sa.bits}-bit ring; "
                 "raise bits or lower scale or clip_range"
             )
+        if self.privacy is not None:
+            # Each client's noisy coordinates must fit [−c, c]: C plus 10 of its noise's std.
+            from fedray.secagg.transform import threshold_rule
+
+            p, t = self.privacy, threshold_rule(sa.threshold)(cohort)
+            needed = max(1.0, p.clip_norm * (1 + 10 * p.noise_multiplier / math.sqrt(t)))
+            if sa.clip_range < needed:
+                raise ValueError(
+                    f"secure_aggregation.clip_range={sa.clip_range:g} would clip the clients' "
+                    f"noisy updates (C={p.clip_norm:g} plus 10 noise deviations, and the weight "
+                    f"1); raise it to at least {needed:.3g}"
+                )
         if isinstance(sa.threshold, int) and sa.threshold > cohort:
             raise ValueError(
                 f"secure_aggregation.threshold={sa.threshold} survivors exceeds the "

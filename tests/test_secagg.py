@@ -13,13 +13,15 @@ import pytest
 import fedray
 from fedray.config import config_from_dict
 from fedray.errors import ConfigError, UserError
+from fedray.execution.layout import FlatLayout
+from fedray.execution.transforms import Pipeline
 from fedray.results.schema import NONDETERMINISTIC_COLUMNS
 from fedray.secagg import costs, masks, ring
 from fedray.secagg.graph import Graph, default_degree
 from fedray.secagg.transform import threshold_rule
 from fedray.sim import checkpoint
 from fedray.sim.driver import check_secure_aggregation_support
-from fedray.strategies.aggregate import Aggregate
+from fedray.strategies.aggregate import Aggregate, ClientMessage
 
 
 def masked_round(bits, ids, survivors, degree=None, length=33, seed=5, round_=7):
@@ -125,6 +127,36 @@ def test_secagg_bytes_closed_form():
     assert down == 2 * 32 * 9 + 64 * 9 + 4 * 9
 
 
+def test_distributed_dp_noise_sums_to_at_least_the_central_noise():
+    """Fixed-seed statistical check: n clients with zero updates each add N(0, (zC)²/t); the
+    unmasked sum of the |U_2| survivors has std zC·sqrt(|U_2|/t) per coordinate."""
+    cfg = config_from_dict(
+        {
+            "clients_per_round": 40,
+            "privacy": {"clip_norm": 0.5, "noise_multiplier": 2.0},
+            "secure_aggregation": {"threshold": 0.5, "scale": 2.0**16, "clip_range": 20.0},
+        }
+    )
+    none = np.zeros(0, np.int64)
+    flat = FlatLayout(4000, none, np.arange(4000), (4000,), tables=(), num_rows=0)
+    pipeline = Pipeline.of(cfg, flat, (4000,), "test")
+    cohort = np.arange(100, 140)
+    context = pipeline.downlink(3, cohort)
+    aggregate = pipeline.new_aggregate(Aggregate.linear())
+    survivors = cohort[:30]  # 10 dropped; t = 20
+    for u in survivors:
+        message = ClientMessage(update=np.zeros(4000, np.float32), weight=57.0)
+        up = pipeline.deliver(message, int(u), 3, {}, received=context)
+        assert up.weight == 0.0 and up.update.dtype == np.uint64  # the server sees no weight
+        aggregate.add(up.update, up.weight, member=int(u))
+    columns = pipeline.finalize(aggregate, 3, context)
+    assert not columns["secagg_failed"] and columns["secagg_dropped"] == 10
+    assert aggregate.weight == 40  # DP-FedAvg's fixed denominator K
+    expected = 2.0 * 0.5 * np.sqrt(30 / 20)
+    assert abs(aggregate.total.std() / expected - 1) < 0.05  # 4000 draws: ±2.2% at 2σ
+    assert abs(aggregate.total.mean()) < 4 * expected / np.sqrt(4000)
+
+
 # ---------------------------------------------------------------------- real runs
 
 
@@ -225,7 +257,17 @@ def test_a_round_below_the_threshold_fails_and_leaves_the_model(ray_session, sma
         ),
         ({"strategy": {"name": "scaffold"}}, "cannot be combined with strategy scaffold"),
         ({"mode": "async"}, "synchronous rounds only"),
-        ({"privacy": {"clip_norm": 1.0, "noise_multiplier": 1.0}}, "with privacy is not supported"),
+        (
+            {"privacy": {"clip_norm": 1.0, "noise_multiplier": 1.0, "sampling": "poisson"}},
+            "privacy.sampling poisson draws a random one",
+        ),
+        (
+            {
+                "privacy": {"clip_norm": 1.0, "noise_multiplier": 1.0},
+                "secure_aggregation": {"clip_range": 2.0},
+            },
+            "would clip the clients' noisy updates",
+        ),  # fmt: skip
         ({"compression": {"uplink": {"name": "topk", "fraction": 0.1}}}, "uplink codec topk"),
         ({"compression": {"uplink": "int8"}}, "uplink codec int8"),
         ({"robustness": {"max_update_norm": 5.0}}, "max_update_norm needs each update"),
@@ -242,11 +284,10 @@ def test_a_round_below_the_threshold_fails_and_leaves_the_model(ray_session, sma
 )
 def test_refusals_are_one_line(small_config, changes, message):
     small_config["secure_aggregation"] = {}
+    changes = dict(changes)
+    small_config["secure_aggregation"].update(changes.pop("secure_aggregation", {}))
     for key, value in changes.items():
-        if key == "secure_aggregation":
-            small_config[key].update(value)
-        else:
-            small_config[key] = value
+        small_config[key] = value
     with pytest.raises(ConfigError, match=message) as err:
         config_from_dict(small_config)
     assert "\n" not in str(err.value)
@@ -274,3 +315,17 @@ def test_cli_refusal_has_no_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "secure_aggregation supports synchronous rounds only" in lines[0]
+
+
+def test_with_privacy_the_accountant_is_dp_fedavgs(ray_session, small_config):
+    privacy = {"clip_norm": 0.5, "noise_multiplier": 1.0}
+    small_config["privacy"] = privacy
+    masked = fedray.run(secagg_config(small_config, output__name="dp_sa"), progress=False)
+    central = fedray.run(
+        secagg_config(small_config, output__name="dp", secure_aggregation=None), progress=False
+    )
+    r, c = masked.rounds, central.rounds
+    np.testing.assert_array_equal(r.dp_epsilon, c.dp_epsilon)
+    assert not r.secagg_failed.any() and np.isfinite(r.eval_loss).all()
+    # the noise differs (shares on the clients, not one draw on the server): so do the models
+    assert not np.array_equal(final_params(masked), final_params(central))

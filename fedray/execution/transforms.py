@@ -92,17 +92,31 @@ class DPClip:
     """User-level DP-FedAvg (McMahan et al., ICLR 2018; :mod:`fedray.privacy`): the client clips
     its update to L2 norm C and counts once (weight 1, whatever its sample count); the server
     enforces the bound again on what it decoded, so a lossy codec cannot exceed the sensitivity
-    (beyond float32 rounding of C), and adds N(0, (zC)²) to the round's sum (``finalize``)."""
+    (beyond float32 rounding of C), and adds N(0, (zC)²) to the round's sum (``finalize``).
 
-    def __init__(self, clip_norm: float, noise_multiplier: float, seed: int, denominator: int):
+    Under secure aggregation (``central=False``) the server sees neither an update nor a sum
+    before unmasking: the clients add the noise in shares before masking
+    (:class:`fedray.secagg.transform.SecureAggregation`), so here the server only divides the
+    unmasked sum by K."""
+
+    def __init__(
+        self,
+        clip_norm: float,
+        noise_multiplier: float,
+        seed: int,
+        denominator: int,
+        central: bool = True,
+    ):
         self.clip_norm, self.noise_multiplier = clip_norm, noise_multiplier
-        self.seed, self.denominator = seed, denominator
+        self.seed, self.denominator, self.central = seed, denominator, central
 
     def send(self, up: Upload) -> None:
         up.update, up.clipped = clip(up.update, self.clip_norm)
         up.weight = 1.0
 
     def receive(self, up: Upload) -> None:
+        if not self.central:
+            return  # a masked vector: its norm is not the update's
         norm = float(np.linalg.norm(np.asarray(up.update, dtype=np.float64)))
         if norm > self.clip_norm * (1 + 1e-6):
             up.update, _ = clip(up.update, self.clip_norm)
@@ -111,6 +125,9 @@ class DPClip:
         # Noise the sum of clipped updates and divide by the fixed expected cohort size K, not
         # the number that arrived (eq. 4 of the paper).
         if aggregate.total is None:
+            return {}
+        if not self.central:  # the unmasked sum carries the clients' noise already
+            aggregate.weight = float(self.denominator)
             return {}
         aggregate.total = add_noise(
             aggregate.total,
@@ -163,14 +180,20 @@ class Pipeline:
         transforms: list = [RowSparse(flat, segments, who)]
         if cfg.privacy is not None:
             p = cfg.privacy
+            central = cfg.secure_aggregation is None
             transforms.append(
-                DPClip(p.clip_norm, p.noise_multiplier, cfg.seed, cfg.clients_per_round)
+                DPClip(p.clip_norm, p.noise_multiplier, cfg.seed, cfg.clients_per_round, central)
             )
         if cfg.secure_aggregation is not None:
             from fedray.secagg.transform import SecureAggregation
 
             # the masked ring vector is the wire format: the config allows no uplink codec
-            transforms.append(SecureAggregation(cfg.secure_aggregation, cfg.seed))
+            noise = (
+                None
+                if cfg.privacy is None
+                else cfg.privacy.noise_multiplier * cfg.privacy.clip_norm
+            )
+            transforms.append(SecureAggregation(cfg.secure_aggregation, cfg.seed, noise))
         else:
             transforms.append(Encode(make_codec(cfg.compression.uplink), cfg.seed, segments))
         return cls(transforms)

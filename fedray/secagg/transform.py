@@ -12,6 +12,20 @@ or, with too few survivors, empties it: the round fails and the model stays.
 
 The clients that shared keys (U_1) are the round's cohort: the driver sends their ids with the
 round's model (``downlink``), as the server announces the public keys it collected.
+
+**With DP-FedAvg** (``privacy``) the server may not noise the sum — it would have to be trusted
+with it, which is what secure aggregation removes. Each client instead adds its share of the
+noise before quantising and masking (distributed noise; Kairouz, Liu, Steinke, "The Distributed
+Discrete Gaussian Mechanism for Federated Learning with Secure Aggregation", ICML 2021): with
+t = the fewest survivors a round can succeed with, client u adds N(0, (zC)²/t · I), drawn from
+(seed, "secagg.dp.noise", u, round), to its clipped update (weight 1). A successful round has
+|U_2| ≥ t survivors, so its unmasked sum carries noise of variance |U_2|/t · (zC)² ≥ (zC)²: at
+least DP-FedAvg's central noise, and the accountant's ε holds (a failed round releases nothing
+and still counts). What it does not cover: each client's noisy value is rounded to the grid 1/s
+(and clipped to ±c, which the config makes 10 noise deviations wide) before the sum, so the
+mechanism is the continuous Gaussian only up to that rounding — Kairouz et al.'s discrete
+Gaussian analysis is not implemented; read ε as exact in the limit of a fine grid (large
+``scale``).
 """
 
 from __future__ import annotations
@@ -20,11 +34,13 @@ import math
 
 import numpy as np
 
+from fedray import seeding
 from fedray.secagg import masks, ring
 from fedray.secagg.graph import Graph, default_degree
 from fedray.strategies.aggregate import Aggregate
 
 MEMBERS = "secagg.members"  # what clients receive: the ids of U_1
+NOISE_PURPOSE = "secagg.dp.noise"
 
 
 def threshold_rule(threshold: int | float):
@@ -35,8 +51,9 @@ def threshold_rule(threshold: int | float):
 
 
 class SecureAggregation:
-    def __init__(self, sa, seed: int):
+    def __init__(self, sa, seed: int, noise_std: float | None = None):
         self.cfg, self.seed = sa, seed
+        self.noise_std = noise_std  # z·C of DP-FedAvg: the std the sum must carry
         self.bits, self.scale, self.clip_range = sa.bits, sa.scale, sa.clip_range
         self.threshold = threshold_rule(sa.threshold)
         self._graph: tuple | None = None  # (round, members bytes, Graph): one graph a round
@@ -54,10 +71,15 @@ class SecureAggregation:
     # ------------------------------------------------------------------ the client
 
     def send(self, up) -> None:
+        graph = self.graph(up.received[MEMBERS], up.key)
         weighted = np.asarray(up.update, dtype=np.float64) * up.weight
+        if self.noise_std:
+            # this client's share of the central noise, for the fewest survivors t that unmask
+            t = self.threshold(len(graph))
+            rng = seeding.generator(self.seed, NOISE_PURPOSE, up.client_id, up.key)
+            weighted = weighted + rng.normal(0.0, self.noise_std / math.sqrt(t), weighted.shape)
         x = np.append(weighted, float(up.weight))
         q, clipped = ring.quantise(x, scale=self.scale, clip_range=self.clip_range, bits=self.bits)
-        graph = self.graph(up.received[MEMBERS], up.key)
         y = masks.mask_input(q, up.client_id, graph, seed=self.seed, round_=up.key, bits=self.bits)
         up.payload, up.update, up.weight = ring.pack(y, self.bits), None, 0.0
         up.nbytes = len(up.payload)

@@ -178,7 +178,7 @@ def test_run_matches_the_plain_run_within_quantisation(ray_session, small_config
     plain = fedray.run(plain_cfg, progress=False)
     r, p = masked.rounds, plain.rounds
     assert r["secagg_dropped"].sum() > 0 and (r["secagg_dropped_keys"] == r["secagg_dropped"]).all()
-    assert not r["secagg_failed"].any()
+    assert not r["secagg_failed"].any() and (r["secagg_clipped"] == 0).all()
     assert (r["num_aggregated"] == p["num_aggregated"]).all()
     # Rounding at scale s moves each weighted coordinate by ≤ 1/(2s); the weights (sample
     # counts) are exact, so the mean moves by ≤ n/(2s) / Σw per round: < 1e-5 here.

@@ -63,6 +63,9 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("secagg_bytes_down", pa.int64(), nullable=True),
         pa.field("secagg_setup_s", pa.float64(), nullable=True),
         pa.field("secagg_unmask_s", pa.float64(), nullable=True),
+        # clients whose weighted update or weight was clipped to ±clip_range (null with privacy,
+        # whose config check makes the range wide enough)
+        pa.field("secagg_clipped", pa.int64(), nullable=True),
     ]
 )
 

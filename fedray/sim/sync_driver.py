@@ -309,6 +309,10 @@ class SyncDriver(Driver):
                 "dp_epsilon": self.accountant.epsilon(round_),
                 "dp_clipped_fraction": clipped / trained if trained else np.nan,
             }
+        if self.secagg is not None and self.accountant is None:
+            # clients whose weighted update or weight exceeded secure_aggregation.clip_range
+            # (under privacy, the config makes the range wide enough for the clipped, noised one)
+            columns = {**columns, "secagg_clipped": clipped}
         row = round_row(state, tally, time.perf_counter() - wall_start, **dp, **columns)
         n = len(plan.client_ids)
         events = {

@@ -175,7 +175,12 @@ def run(
     from fedray.results.tensorboard import TensorBoardSink
     from fedray.sim import checkpoint
     from fedray.sim.async_driver import AsyncDriver
-    from fedray.sim.driver import Stop, check_layout_support, check_privacy_support
+    from fedray.sim.driver import (
+        Stop,
+        check_layout_support,
+        check_privacy_support,
+        check_secure_aggregation_support,
+    )
     from fedray.sim.evaluation import Evaluator
     from fedray.sim.sync_driver import SyncDriver
     from fedray.workloads import make_workload, metric_names
@@ -232,6 +237,7 @@ def run(
         flat = FlatLayout.of(model, workload.parameter_layout())
         check_layout_support(cfg, workload, flat)
         check_privacy_support(cfg, workload, flat, profiles)
+        check_secure_aggregation_support(cfg, workload, flat)
         pool = WorkerPool(
             num_workers,
             cpus_per_worker=cfg.execution.cpus_per_worker,

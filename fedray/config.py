@@ -826,6 +826,56 @@ _PRIVACY_STRATEGIES_REFUSED = {
 }
 
 
+# --------------------------------------------------------------------------- secure aggregation
+
+
+class SecureAggregationConfig(_Model):
+    """Simulated secure aggregation (:mod:`fedray.secagg`): SecAgg (Bonawitz et al., CCS 2017) or
+    SecAgg+ (Bell et al., CCS 2020, masks between ``neighbours`` of a k-regular graph). Each
+    client's weighted update and weight are clipped to [−``clip_range``, ``clip_range``], rounded
+    to the grid of step 1/``scale`` and masked in Z_{2^``bits``}; a round fails when fewer than
+    ``threshold`` (a count, or a fraction of the cohort — of each neighbourhood in SecAgg+) of the
+    clients holding a secret's shares survive. ``key_bytes`` / ``share_bytes``: the size of a
+    public key and of one share message on the wire."""
+
+    protocol: Literal["secagg", "secagg_plus"] = "secagg"
+    bits: int = Field(default=32, ge=8, le=64)
+    scale: float = Field(default=1024.0, gt=0)
+    clip_range: float = Field(default=1000.0, gt=0)
+    threshold: int | float = 0.5
+    neighbours: int | None = Field(default=None, ge=2, le=10**6)
+    key_bytes: int = Field(default=32, ge=1, le=2**20)
+    share_bytes: int = Field(default=64, ge=1, le=2**20)
+
+    @field_validator("threshold")
+    @classmethod
+    def _count_or_fraction(cls, value):
+        if isinstance(value, bool):
+            raise ValueError("must be a count (an integer >= 1) or a fraction in (0, 1]")
+        if isinstance(value, int) and value < 1:
+            raise ValueError("a count of survivors must be >= 1 (or give a fraction in (0, 1])")
+        if isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError("a fraction of the cohort must lie in (0, 1] (or give a count >= 1)")
+        return value
+
+    @model_validator(mode="after")
+    def _neighbours_belong_to_secagg_plus(self):
+        if self.neighbours is not None and self.protocol != "secagg_plus":
+            raise ValueError(
+                "neighbours is an option of protocol secagg_plus; remove it or set protocol: "
+                "secagg_plus"
+            )
+        return self
+
+
+# Strategies whose server step needs more than one linear sum of the updates.
+_SECAGG_STRATEGIES_REFUSED = {
+    "robust": "robust rules look at each client's update, and the server sees only the sum",
+    "scaffold": "its control-variate uploads are not masked",
+    "fedasync": "it mixes in each update as it arrives, with no round to aggregate",
+}
+
+
 class OutputConfig(_Model):
     root: Path = Path("results")
     name: str | None = None
@@ -890,6 +940,7 @@ class Config(_Model):
     execution: ExecutionConfig = ExecutionConfig()
     output: OutputConfig = OutputConfig()
     privacy: PrivacyConfig | None = None  # off by default
+    secure_aggregation: SecureAggregationConfig | None = None  # off by default
     robustness: RobustnessConfig = RobustnessConfig()
     _source: Path | None = PrivateAttr(default=None)  # the YAML file it was loaded from
 
@@ -915,6 +966,8 @@ class Config(_Model):
             self.workload.eval_clients = self.clients.num_clients
         if self.privacy is not None:  # first: its strategy message is the one to act on
             self._check_privacy()
+        if self.secure_aggregation is not None:
+            self._check_secure_aggregation()
         if self.mode == "async":
             self._check_async()
         elif self.strategy.name == "fedasync":
@@ -954,6 +1007,72 @@ class Config(_Model):
                 "privacy accounting assumes every client is always available; set "
                 "clients.profile.availability (and every tier's) to 1 or remove privacy"
             )
+
+    def _check_secure_aggregation(self) -> None:
+        sa = self.secure_aggregation
+        why = _SECAGG_STRATEGIES_REFUSED.get(self.strategy.name)
+        if why is not None:
+            raise ValueError(
+                f"secure_aggregation cannot be combined with strategy {self.strategy.name}: {why}; "
+                "use fedavg, fedprox, fedavgm, fedadagrad, fedadam or fedyogi, or remove "
+                "secure_aggregation"
+            )
+        if self.mode == "async":
+            raise ValueError(
+                "secure_aggregation supports synchronous rounds only; set mode: sync or remove "
+                "secure_aggregation"
+            )
+        if self.privacy is not None and self.privacy.sampling == "poisson":
+            raise ValueError(
+                "secure_aggregation needs a cohort of known size to size its ring and noise "
+                "shares, but privacy.sampling poisson draws a random one; use sampling: fixed"
+            )
+        if self.compression.uplink.name != "none":
+            raise ValueError(
+                f"secure_aggregation masks uploads in its own ring (bits, scale), so uplink codec "
+                f"{self.compression.uplink.name} cannot apply to them; set compression.uplink: none"
+            )
+        if self.robustness.max_update_norm is not None:
+            raise ValueError(
+                "robustness.max_update_norm needs each update's norm, but secure aggregation "
+                "shows the server only masked vectors; remove one of them"
+            )
+        # Σ over the cohort of values in [−c, c] at scale s must stay inside [−2^(b−1), 2^(b−1))
+        cohort = self.num_selected
+        capacity = cohort * sa.clip_range * sa.scale
+        if capacity >= 2 ** (sa.bits - 1):
+            raise ValueError(
+                f"secure_aggregation: the sum of {cohort} clients' values up to clip_range="
+                f"{sa.clip_range:g} at scale={sa.scale:g} can overflow a {sa.bits}-bit ring; "
+                "raise bits or lower scale or clip_range"
+            )
+        if self.privacy is not None:
+            # Each client's noisy coordinates must fit [−c, c]: C plus 10 of its noise's std.
+            from fedray.secagg.transform import threshold_rule
+
+            p, t = self.privacy, threshold_rule(sa.threshold)(cohort)
+            needed = max(1.0, p.clip_norm * (1 + 10 * p.noise_multiplier / math.sqrt(t)))
+            if sa.clip_range < needed:
+                raise ValueError(
+                    f"secure_aggregation.clip_range={sa.clip_range:g} would clip the clients' "
+                    f"noisy updates (C={p.clip_norm:g} plus 10 noise deviations, and the weight "
+                    f"1); raise it to at least {needed:.3g}"
+                )
+        if isinstance(sa.threshold, int) and sa.threshold > cohort:
+            raise ValueError(
+                f"secure_aggregation.threshold={sa.threshold} survivors exceeds the "
+                f"{cohort} clients sampled per round; lower it or give a fraction"
+            )
+        if sa.protocol == "secagg_plus" and isinstance(sa.threshold, int):
+            from fedray.secagg.graph import default_degree
+
+            k = sa.neighbours or default_degree(cohort)
+            if sa.threshold > min(k + k % 2, cohort - 1) + 1:
+                raise ValueError(
+                    f"secure_aggregation.threshold={sa.threshold} exceeds the {k} neighbours "
+                    "(plus itself) holding each client's shares in secagg_plus; lower it or "
+                    "give a fraction"
+                )
 
     def _check_async(self) -> None:
         if self.deadline_s is not None:

@@ -6,16 +6,20 @@ postprocessors are the model. The pipeline fedray builds from a config is
 
     rows (row-sparse layouts) → DP clip (``privacy``) → encode (uplink codec, error feedback)
 
-so the server side is decode → enforce the clip bound → scatter the rows into the full model. A
+so the server side is decode → enforce the clip bound → scatter the rows into the full model.
+With ``secure_aggregation`` the last step is the masking (:mod:`fedray.secagg.transform`) instead
+of the codec: its masked vectors go into a ring aggregate (``new_aggregate``), and what clients
+must know of the round to mask (who shared keys) comes with the model (``downlink``). A
 transform that keeps per-client memory (the error-feedback residual) reads and writes it as a
 named entry of the client's state (:mod:`fedray.clients.state_store`); a transform that acts on
-the whole round's sum (DP-FedAvg's Gaussian noise) has a ``finalize`` step on the driver. Later
-features (secure-aggregation masks, adversarial corruption) are new transforms; the drivers, the
-pool and the worker do not change.
+the whole round's sum (DP-FedAvg's Gaussian noise, secure aggregation's unmasking) has a
+``finalize`` step on the driver, run in reverse pipeline order like ``receive``. Later features
+(adversarial corruption) are new transforms; the drivers, the pool and the worker do not change.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +44,7 @@ class Upload:
     weight: float
     extras: dict  # side uploads (arrays on the client, payloads on the wire)
     state: dict  # the client's stored state (read-only)
+    received: Mapping = field(default_factory=dict)  # what the client received this round
     new_state: dict = field(default_factory=dict)  # what the transforms leave the client
     rows: np.ndarray | None = None  # row-table rows the upload carries
     segments: tuple[int, ...] = ()
@@ -87,26 +92,43 @@ class DPClip:
     """User-level DP-FedAvg (McMahan et al., ICLR 2018; :mod:`fedray.privacy`): the client clips
     its update to L2 norm C and counts once (weight 1, whatever its sample count); the server
     enforces the bound again on what it decoded, so a lossy codec cannot exceed the sensitivity
-    (beyond float32 rounding of C), and adds N(0, (zC)²) to the round's sum (``finalize``)."""
+    (beyond float32 rounding of C), and adds N(0, (zC)²) to the round's sum (``finalize``).
 
-    def __init__(self, clip_norm: float, noise_multiplier: float, seed: int, denominator: int):
+    Under secure aggregation (``central=False``) the server sees neither an update nor a sum
+    before unmasking: the clients add the noise in shares before masking
+    (:class:`fedray.secagg.transform.SecureAggregation`), so here the server only divides the
+    unmasked sum by K."""
+
+    def __init__(
+        self,
+        clip_norm: float,
+        noise_multiplier: float,
+        seed: int,
+        denominator: int,
+        central: bool = True,
+    ):
         self.clip_norm, self.noise_multiplier = clip_norm, noise_multiplier
-        self.seed, self.denominator = seed, denominator
+        self.seed, self.denominator, self.central = seed, denominator, central
 
     def send(self, up: Upload) -> None:
         up.update, up.clipped = clip(up.update, self.clip_norm)
         up.weight = 1.0
 
     def receive(self, up: Upload) -> None:
+        if not self.central:
+            return  # a masked vector: its norm is not the update's
         norm = float(np.linalg.norm(np.asarray(up.update, dtype=np.float64)))
         if norm > self.clip_norm * (1 + 1e-6):
             up.update, _ = clip(up.update, self.clip_norm)
 
-    def finalize(self, aggregate: Aggregate, round_: int) -> None:
+    def finalize(self, aggregate: Aggregate, round_: int, context: Mapping) -> dict:
         # Noise the sum of clipped updates and divide by the fixed expected cohort size K, not
         # the number that arrived (eq. 4 of the paper).
         if aggregate.total is None:
-            return
+            return {}
+        if not self.central:  # the unmasked sum carries the clients' noise already
+            aggregate.weight = float(self.denominator)
+            return {}
         aggregate.total = add_noise(
             aggregate.total,
             seed=self.seed,
@@ -115,6 +137,7 @@ class DPClip:
             clip_norm=self.clip_norm,
         )
         aggregate.weight = float(self.denominator)
+        return {}
 
 
 class Encode:
@@ -157,17 +180,42 @@ class Pipeline:
         transforms: list = [RowSparse(flat, segments, who)]
         if cfg.privacy is not None:
             p = cfg.privacy
+            central = cfg.secure_aggregation is None
             transforms.append(
-                DPClip(p.clip_norm, p.noise_multiplier, cfg.seed, cfg.clients_per_round)
+                DPClip(p.clip_norm, p.noise_multiplier, cfg.seed, cfg.clients_per_round, central)
             )
-        transforms.append(Encode(make_codec(cfg.compression.uplink), cfg.seed, segments))
+        if cfg.secure_aggregation is not None:
+            from fedray.secagg.transform import SecureAggregation
+
+            # the masked ring vector is the wire format: the config allows no uplink codec
+            noise = (
+                None
+                if cfg.privacy is None
+                else cfg.privacy.noise_multiplier * cfg.privacy.clip_norm
+            )
+            transforms.append(SecureAggregation(cfg.secure_aggregation, cfg.seed, noise))
+        else:
+            transforms.append(Encode(make_codec(cfg.compression.uplink), cfg.seed, segments))
         return cls(transforms)
 
     def deliver(
-        self, message: ClientMessage, client_id: int, key: int, state: dict, rows=None
+        self,
+        message: ClientMessage,
+        client_id: int,
+        key: int,
+        state: dict,
+        rows=None,
+        received: Mapping | None = None,
     ) -> Upload:
         up = Upload(
-            client_id, key, message.update, message.weight, dict(message.extras), state, rows=rows
+            client_id,
+            key,
+            message.update,
+            message.weight,
+            dict(message.extras),
+            state,
+            received=received or {},
+            rows=rows,
         )
         for transform in self.transforms:
             transform.send(up)
@@ -175,8 +223,28 @@ class Pipeline:
             transform.receive(up)
         return up
 
-    def finalize(self, aggregate: Aggregate, round_: int) -> None:
-        """The server-side steps on a whole round's sum (sync rounds), in pipeline order."""
+    def new_aggregate(self, aggregate: Aggregate) -> Aggregate:
+        """The aggregate uploads are summed into: the strategy's ``aggregate``, unless a
+        transform sums its payloads otherwise (secure aggregation's ring)."""
         for transform in self.transforms:
+            if hasattr(transform, "new_aggregate"):
+                aggregate = transform.new_aggregate(aggregate)
+        return aggregate
+
+    def downlink(self, round_: int, cohort: np.ndarray) -> dict:
+        """What the transforms send every client of a sync round besides the model."""
+        out: dict = {}
+        for transform in self.transforms:
+            if hasattr(transform, "downlink"):
+                out.update(transform.downlink(round_, cohort))
+        return out
+
+    def finalize(self, aggregate: Aggregate, round_: int, context: Mapping | None = None) -> dict:
+        """The server-side steps on a whole round's sum (sync rounds), in reverse pipeline order
+        (the last transform applied on the client is undone first); ``context``: what
+        :meth:`downlink` sent. Returns the columns they add to the round's row."""
+        columns: dict = {}
+        for transform in reversed(self.transforms):
             if hasattr(transform, "finalize"):
-                transform.finalize(aggregate, round_)
+                columns.update(transform.finalize(aggregate, round_, context or {}))
+        return columns

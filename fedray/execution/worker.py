@@ -183,7 +183,11 @@ class ClientWorker:
             for t in job.tasks
         ]
         train = self._train_vectorized if self.vectorized else self._train_each
-        aggregate = Aggregate.stacked() if job.per_client else self.strategy.new_aggregate()
+        aggregate = (
+            Aggregate.stacked()
+            if job.per_client
+            else self.pipeline.new_aggregate(self.strategy.new_aggregate())
+        )
         out, states = _Columns(len(job.tasks)), {}
         for i, done in enumerate(train(received, job, plans)):
             cid, key = (
@@ -195,13 +199,20 @@ class ClientWorker:
             if not self._acceptable(cid, message.update, done.private):
                 out.quarantined[i], out.bytes_up[i] = True, -1
                 continue
-            up = self.pipeline.deliver(message, cid, key, job.states.get(cid, {}), rows=done.rows)
+            up = self.pipeline.deliver(
+                message,
+                cid,
+                key,
+                job.states.get(cid, {}),
+                rows=done.rows,
+                received=received[done.task.model],
+            )
             out.bytes_up[i], out.clipped[i] = up.nbytes, up.clipped
             if not self._acceptable(cid, up.update, None):
                 out.quarantined[i] = True
                 continue
             out.row[i] = aggregate.count
-            aggregate.add(up.update, up.weight, index=up.index, extras=up.extras)
+            aggregate.add(up.update, up.weight, index=up.index, extras=up.extras, member=cid)
             new = {**message.state, **up.new_state}
             if done.private is not None:
                 new[PRIVATE] = done.private
@@ -213,7 +224,11 @@ class ClientWorker:
         import ray
 
         received = ray.get(model) if isinstance(model, ray.ObjectRef) else model
-        return {k: np.asarray(v, dtype=np.float32) for k, v in received.items()}
+        # model arrays as float32; integer ones (secure aggregation's member ids) as they are
+        return {
+            k: np.asarray(v) if np.asarray(v).dtype.kind in "iu" else np.asarray(v, np.float32)
+            for k, v in received.items()
+        }
 
     def _acceptable(self, client_id: int, update: np.ndarray, private) -> bool:
         """Whether an update may reach the aggregate (``robustness``): finite, and within

@@ -57,6 +57,25 @@ ROUNDS_SCHEMA = pa.schema(
         # privacy is off.
         pa.field("dp_epsilon", pa.float64(), nullable=True),
         pa.field("dp_clipped_fraction", pa.float64(), nullable=True),
+        # Secure aggregation (``secure_aggregation``; null when off): whether the round failed
+        # (too few survivors to unmask: the model was left unchanged), |U_2| and |U_1 \ U_2|,
+        # each client's neighbour count, the dropped clients' keys reconstructed and the pairwise
+        # masks the server removed with them, the protocol's own bytes (keys, shares, survivor
+        # lists; included in bytes_up / bytes_down) and the seconds of its key rounds before
+        # training and of its unmasking round after (included in round_duration_s).
+        pa.field("secagg_failed", pa.bool_(), nullable=True),
+        pa.field("secagg_survivors", pa.int64(), nullable=True),
+        pa.field("secagg_dropped", pa.int64(), nullable=True),
+        pa.field("secagg_neighbours", pa.int64(), nullable=True),
+        pa.field("secagg_dropped_keys", pa.int64(), nullable=True),
+        pa.field("secagg_pair_masks", pa.int64(), nullable=True),
+        pa.field("secagg_bytes_up", pa.int64(), nullable=True),
+        pa.field("secagg_bytes_down", pa.int64(), nullable=True),
+        pa.field("secagg_setup_s", pa.float64(), nullable=True),
+        pa.field("secagg_unmask_s", pa.float64(), nullable=True),
+        # clients whose weighted update or weight was clipped to ±clip_range (null with privacy,
+        # whose config check makes the range wide enough)
+        pa.field("secagg_clipped", pa.int64(), nullable=True),
     ]
 )
 

@@ -221,3 +221,14 @@ def check_privacy_support(cfg: Config, workload: Workload, flat: FlatLayout, pro
             "privacy accounting assumes every client is always available, but the device trace's "
             "availability column is below 1; set it to 1, drop the column, or remove privacy"
         )
+
+
+def check_secure_aggregation_support(cfg: Config, workload: Workload, flat: FlatLayout) -> None:
+    """What secure aggregation cannot be combined with, known once the workload is loaded."""
+    if cfg.secure_aggregation is not None and not flat.dense:
+        # Row-sparse uploads differ in their coordinates per client, and per-row averaging needs
+        # each row's uploader count: neither survives summing masked dense vectors.
+        raise UserError(
+            f"secure_aggregation needs a dense model, but workload {workload.name} has private "
+            "parameters or row-sparse tables; remove secure_aggregation or choose a dense workload"
+        )

@@ -2,7 +2,8 @@
 
 Shared by the sync and async drivers. The global model is encoded with the downlink codec once per
 model version and clients train from the decoded model; updates go through the uplink codec on the
-workers. All shipped codecs have data-independent payload sizes, so a client's upload time is known
+workers (or, under ``secure_aggregation``, are masked ring vectors of a fixed size). All shipped
+codecs have data-independent payload sizes, so a client's upload time is known
 at dispatch: ``update_bytes`` for a dense model, or :meth:`Links.upload_bytes` of the number of
 rows a client uploads under a row-sparse layout (:mod:`fedray.execution.layout`);
 :meth:`Links.check_uploads` holds the workers to it.
@@ -47,6 +48,12 @@ class Links:
         zeros = np.zeros(flat.size, dtype=np.float32)
         self.raw_bytes = len(self._raw.encode(zeros, segments, None))
         self.update_bytes, self.update_raw_bytes = self._size(self.uplink, 0)
+        sa = cfg.secure_aggregation
+        if sa is not None:
+            # the upload is the masked ring vector (dense models only: fedray.api refuses the rest)
+            from fedray.secagg.costs import masked_upload_bytes
+
+            self.update_bytes = masked_upload_bytes(sa.bits, flat.size)
 
     def _size(self, codec, num_rows: int) -> tuple[int, int]:
         """(coded, uncompressed) bytes of a payload in the upload format

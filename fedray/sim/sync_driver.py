@@ -5,7 +5,7 @@ Per round: sample the cohort from (seed, round); plan the round in virtual time
 ``execution.clients_per_task`` (:meth:`Config.group_size`) cut from the cohort in its seeded order,
 or by size for vectorized blocks (:func:`make_groups`; never by worker count);
 merge the groups' aggregates in group order; let the server-side transforms finish the sum
-(DP noise); take the strategy's server step; evaluate; hand the rows to the recorder. The global model goes into Ray's object store once per round.
+(DP noise, secure aggregation's unmasking); take the strategy's server step; evaluate; hand the rows to the recorder. The global model goes into Ray's object store once per round.
 
 Bytes are real payload lengths: the global model is encoded once per round with the downlink
 codec (clients train from the decoded model), and each update with the uplink codec on the
@@ -29,6 +29,8 @@ from fedray.errors import UserError
 from fedray.execution.batched import resolve_mode
 from fedray.execution.worker import GroupJob, Task
 from fedray.privacy import Accountant
+from fedray.secagg.costs import Overhead, round_overhead
+from fedray.secagg.transform import MEMBERS, SecureAggregation
 from fedray.sim.conditions import MAX_IDLE_S, Work, price
 from fedray.sim.driver import Driver, DriverState
 from fedray.sim.links import Transfers
@@ -132,6 +134,10 @@ class SyncDriver(Driver):
         self.payloads = 1 + len(self.strategy.downlink(self.state.server))
         # DP-FedAvg (fedray.privacy): the clients clip; the driver noises the sum and accounts.
         self.accountant = Accountant.of(cfg)
+        # Secure aggregation (fedray.secagg): its key rounds and unmasking cost bytes and time.
+        self.secagg = next(
+            (t for t in self.pipeline.transforms if isinstance(t, SecureAggregation)), None
+        )
 
     def run(self) -> DriverState:
         wall_start = time.perf_counter()
@@ -176,6 +182,8 @@ class SyncDriver(Driver):
         received, model_bytes = self.broadcast(round_)
         cohort, waited = self._select_waiting(round_, model_bytes)
         num_samples = self.workload.num_train_samples(cohort)
+        context = self.pipeline.downlink(round_, cohort)  # secure aggregation: who shares keys
+        received = {**received, **context}
         plan, bytes_, work = self._plan(round_, cohort, num_samples, model_bytes)
         energy, battery = self.conditions.settle(
             cohort, state.sim_time_s, plan, self.conditions.energy(work, plan)
@@ -187,7 +195,7 @@ class SyncDriver(Driver):
             cfg.client.batch_size if self.vectorized else None,
         )
         dispatch, dispatch_version = state.sim_time_s, state.server.version  # what clients got
-        aggregate = self.strategy.new_aggregate()
+        aggregate = self.pipeline.new_aggregate(self.strategy.new_aggregate())
         losses = np.full(len(cohort), np.nan)
         quarantined, clipped = np.zeros(len(cohort), bool), 0
         if groups:
@@ -205,11 +213,13 @@ class SyncDriver(Driver):
                 self.links.check_uploads(result.bytes_up[ok], bytes_.up[at][ok] * self.payloads)
                 aggregate.merge(result.aggregate)
                 self.client_states.update(result.states)
-            self.pipeline.finalize(aggregate, round_)
+        columns = self.pipeline.finalize(aggregate, round_, context)
+        if groups:
             state.server = self.strategy.server_step(state.server, aggregate)
+        overhead = self._overhead(round_, cohort, context, aggregate, columns)
         evaluate = round_ % cfg.eval_every == 0 or round_ == cfg.rounds
         return (
-            *self._rows(round_, plan, num_samples, bytes_, losses, quarantined, clipped, wall_start, dispatch, dispatch_version, energy, battery, waited),
+            *self._rows(round_, plan, num_samples, bytes_, losses, quarantined, clipped, wall_start, dispatch, dispatch_version, energy, battery, waited, overhead, columns),
             state.server.params if evaluate else None,
         )  # fmt: skip
 
@@ -228,6 +238,28 @@ class SyncDriver(Driver):
             waited += conditions.retry_s
             cohort = self._select(round_, model_bytes)
         return cohort, waited
+
+    def _overhead(self, round_, cohort, context, aggregate, columns: dict) -> Overhead:
+        """The secure-aggregation messages of the round (none without it), added to its row."""
+        if self.secagg is None:
+            return Overhead.none(len(cohort))
+        sa = self.cfg.secure_aggregation
+        graph = self.secagg.graph(context[MEMBERS], round_)
+        survived = None if columns["secagg_failed"] else np.isin(cohort, aggregate.members)
+        overhead = round_overhead(
+            graph.degrees(cohort),
+            survived,
+            self.profiles.lookup(cohort),
+            key_bytes=sa.key_bytes,
+            share_bytes=sa.share_bytes,
+        )
+        columns.update(
+            secagg_bytes_up=int(overhead.up.sum()),
+            secagg_bytes_down=int(overhead.down.sum()),
+            secagg_setup_s=overhead.setup_s,
+            secagg_unmask_s=overhead.unmask_s,
+        )
+        return overhead
 
     def _select(self, round_: int, model_bytes: int) -> np.ndarray:
         cfg, conditions = self.cfg, self.conditions
@@ -299,15 +331,19 @@ class SyncDriver(Driver):
 
     def _rows(
         self, round_, plan, num_samples, bytes_, losses, quarantined, clipped, wall_start,
-        dispatch, dispatch_version, energy, battery, waited,
+        dispatch, dispatch_version, energy, battery, waited, overhead: Overhead, columns: dict,
     ) -> tuple[dict, dict, np.ndarray]:  # fmt: skip
-        """The round's row, its client events and the aggregated clients' durations."""
+        """The round's row, its client events and the aggregated clients' durations.
+        ``overhead``: the protocol messages around the training task (secure aggregation's),
+        whose bytes and seconds the round also pays; ``columns``: the transforms' own."""
         state = self.state
         accepted = plan.accepted
-        aggregated = accepted & ~quarantined
+        # a failed secure aggregation leaves the model as it was: nobody was aggregated
+        aggregated = accepted & ~quarantined & (not columns.get("secagg_failed", False))
+        extra_up, extra_down = int(overhead.up.sum()), int(overhead.down.sum())
         tally = Tally(
             start_s=state.sim_time_s,
-            duration_s=plan.duration_s,
+            duration_s=plan.duration_s + overhead.seconds,
             selected=len(plan.client_ids),
             completed=int(accepted.sum()),
             partial=int((plan.status == PARTIAL).sum()),
@@ -318,15 +354,16 @@ class SyncDriver(Driver):
             wait_s=waited,
             stragglers=int((plan.status == STRAGGLER).sum()),
             quarantined=int(quarantined.sum()),
-            bytes_up=int(plan.bytes_up.sum()),
-            bytes_down=int(plan.bytes_down.sum()),
-            bytes_up_raw=int(bytes_.up_raw[accepted].sum()) * self.payloads,
-            bytes_down_raw=int(np.round(plan.bytes_down * (bytes_.down_raw / bytes_.down)).sum()),
+            bytes_up=int(plan.bytes_up.sum()) + extra_up,
+            bytes_down=int(plan.bytes_down.sum()) + extra_down,
+            bytes_up_raw=int(bytes_.up_raw[accepted].sum()) * self.payloads + extra_up,
+            bytes_down_raw=int(np.round(plan.bytes_down * (bytes_.down_raw / bytes_.down)).sum())
+            + extra_down,
             staleness=[0] * int(aggregated.sum()),
             losses=list(losses[aggregated]),
             samples=list(num_samples[aggregated]),
         )
-        state.sim_time_s += plan.duration_s
+        state.sim_time_s += tally.duration_s
         state.round = round_
         state.cum_bytes_up += tally.bytes_up
         state.cum_bytes_down += tally.bytes_down
@@ -339,7 +376,11 @@ class SyncDriver(Driver):
                 "dp_epsilon": self.accountant.epsilon(round_),
                 "dp_clipped_fraction": clipped / trained if trained else np.nan,
             }
-        row = round_row(state, tally, time.perf_counter() - wall_start, **dp)
+        if self.secagg is not None and self.accountant is None:
+            # clients whose weighted update or weight exceeded secure_aggregation.clip_range
+            # (under privacy, the config makes the range wide enough for the clipped, noised one)
+            columns = {**columns, "secagg_clipped": clipped}
+        row = round_row(state, tally, time.perf_counter() - wall_start, **dp, **columns)
         n = len(plan.client_ids)
         events = {
             "round": np.full(n, round_, dtype=np.int64),
@@ -348,16 +389,16 @@ class SyncDriver(Driver):
             "model_version": np.full(n, dispatch_version, dtype=np.int64),
             "staleness": np.where(aggregated, 0, -1).astype(np.int64),
             "dispatch_time_s": np.full(n, dispatch),
-            "finish_time_s": dispatch + plan.finish_s,
+            "finish_time_s": dispatch + overhead.setup_s + plan.finish_s,
             "download_s": plan.times.download_s,
             "compute_s": plan.times.compute_s,
             "upload_s": plan.times.upload_s,
             "num_samples": num_samples,
             "local_epochs": plan.local_epochs,
-            "bytes_up": plan.bytes_up,
-            "bytes_down": plan.bytes_down,
+            "bytes_up": plan.bytes_up + overhead.up,
+            "bytes_down": plan.bytes_down + overhead.down,
             "train_loss": losses,
             "energy_j": energy,
             "battery_j": battery,
         }
-        return row, events, plan.finish_s[aggregated]
+        return row, events, overhead.setup_s + plan.finish_s[aggregated]

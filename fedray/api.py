@@ -166,6 +166,7 @@ def run(
     import ray
     import torch
 
+    from fedray.attacks import check_attack_support
     from fedray.clients.availability_trace import load_availability_trace
     from fedray.clients.profiles import ProfileModel
     from fedray.execution.batched import resolve_mode
@@ -238,6 +239,7 @@ def run(
         check_layout_support(cfg, workload, flat)
         check_privacy_support(cfg, workload, flat, profiles)
         check_secure_aggregation_support(cfg, workload, flat)
+        check_attack_support(cfg, workload, flat)
         pool = WorkerPool(
             num_workers,
             cpus_per_worker=cfg.execution.cpus_per_worker,

@@ -807,6 +807,49 @@ class PrivacyConfig(_Model):
     sampling: Literal["fixed", "poisson"] = "fixed"
 
 
+# --------------------------------------------------------------------------- attacks
+
+
+_ATTACK_OPTIONS = {
+    "scale": "gaussian",
+    "boost": "model_replacement",
+    "target_class": "model_replacement",
+    "z": "alie",
+}
+
+
+class AttackConfig(_Model):
+    """Adversarial clients (:mod:`fedray.attacks`): ``fraction`` of the registered clients —
+    a ``fixed`` set chosen by the seed, or drawn afresh ``per_round`` — corrupt their uploads
+    by ``kind``: ``sign_flip`` (−Δ), ``gaussian`` (Δ + N(0, ``scale``²)), ``model_replacement``
+    (Δ boosted by ``boost``, default clients_per_round / server_lr; with ``target_class`` the
+    attacker first trains its model to predict that class on all its data), ``alie`` (μ − z·σ of the
+    attackers' honest updates; ``z`` defaults to Baruch et al.'s z_max) or ``label_flip``
+    (train on labels C − 1 − y)."""
+
+    kind: Literal["sign_flip", "gaussian", "model_replacement", "alie", "label_flip"]
+    fraction: float = Field(gt=0, le=1)
+    selection: Literal["fixed", "per_round"] = "fixed"
+    scale: float | None = Field(default=None, gt=0)
+    boost: float | None = Field(default=None, gt=0)
+    target_class: int | None = Field(default=None, ge=0, le=10**6)
+    z: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _options_belong_to_the_kind(self):
+        for key, owner in _ATTACK_OPTIONS.items():
+            if getattr(self, key) is not None and self.kind != owner:
+                raise ValueError(
+                    f"attack.{key} is an option of kind {owner}, not {self.kind}; remove it or "
+                    f"set kind: {owner}"
+                )
+        if self.kind == "gaussian" and self.scale is None:
+            raise ValueError(
+                "attack kind gaussian needs attack.scale, the noise's standard deviation (e.g. 1.0)"
+            )
+        return self
+
+
 class RobustnessConfig(_Model):
     """What happens to a poisoned update — NaN or inf in a client's update or private
     parameters, or (``max_update_norm``) an L2 norm above a bound: it is ``quarantine``d (recorded
@@ -942,6 +985,7 @@ class Config(_Model):
     privacy: PrivacyConfig | None = None  # off by default
     secure_aggregation: SecureAggregationConfig | None = None  # off by default
     robustness: RobustnessConfig = RobustnessConfig()
+    attack: AttackConfig | None = None  # no adversarial clients by default
     _source: Path | None = PrivateAttr(default=None)  # the YAML file it was loaded from
 
     @property
@@ -970,6 +1014,11 @@ class Config(_Model):
             self._check_secure_aggregation()
         if self.mode == "async":
             self._check_async()
+            if self.attack is not None and self.attack.kind == "alie":
+                raise ValueError(
+                    "attack kind alie needs the attackers of a round together; asynchronous "
+                    "runs have no rounds — use mode: sync or another attack.kind"
+                )
         elif self.strategy.name == "fedasync":
             raise ValueError(
                 "strategy fedasync is asynchronous; set mode: async (or pick a sync strategy)"
@@ -1021,6 +1070,13 @@ class Config(_Model):
             raise ValueError(
                 "secure_aggregation supports synchronous rounds only; set mode: sync or remove "
                 "secure_aggregation"
+            )
+        if self.attack is not None and self.attack.kind == "alie":
+            # fedray simulates ALIE's collusion on the server side of the attackers' uploads,
+            # which secure aggregation hides in the ring sum
+            raise ValueError(
+                "attack kind alie is simulated from the attackers' individual uploads, which "
+                "secure_aggregation masks; remove secure_aggregation or pick another attack.kind"
             )
         if self.privacy is not None and self.privacy.sampling == "poisson":
             raise ValueError(

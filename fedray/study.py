@@ -11,6 +11,15 @@ A study file names a base config and the overrides of each variant::
       y: eval_accuracy
       x: [cum_bytes_up, sim_time_s]
 
+A study may instead (or as well) name a ``grid``: every row's overrides combined with every
+column's (the column's applied last), each pair a variant ``<row>-<column>``, and the final
+evaluated ``eval_accuracy`` of each written as a rows × columns table (``table.csv`` and
+``table.md``; e.g. defences × attacks)::
+
+    grid:
+      rows: {fedavg: {}, median: {strategy: {name: robust, rule: median}}}
+      columns: {none: {attack: null}, sign_flip: {attack.kind: sign_flip}}
+
 ``fedray study FILE`` runs the variants one after another on one Ray instance, each into its
 normal run directory ``<root>/<name>/<variant>/``, then writes ``study.parquet`` (every variant's
 rounds with a ``variant`` column) and one PNG per x axis next to them. A variant that already
@@ -45,13 +54,31 @@ class PlotSpec(BaseModel):
     x: list[str] = ["cum_bytes_up", "sim_time_s"]
 
 
+class GridSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rows: dict[str, dict[str, Any]] = Field(min_length=1)
+    columns: dict[str, dict[str, Any]] = Field(min_length=1)
+
+    def variants(self) -> dict[str, dict[str, Any]]:
+        """``<row>-<column>`` → the row's overrides, then the column's."""
+        return {
+            f"{r}-{c}": {**row, **col}
+            for r, row in self.rows.items()
+            for c, col in self.columns.items()
+        }
+
+
 class StudySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     base: Path
-    variants: dict[str, dict[str, Any]] = Field(min_length=1)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    grid: GridSpec | None = None
     plots: PlotSpec = PlotSpec()
     target_accuracy: float | None = Field(default=None, gt=0, le=1)
+
+    def all_variants(self) -> dict[str, dict[str, Any]]:
+        return {**self.variants, **(self.grid.variants() if self.grid else {})}
 
 
 def read_spec(path: str | Path, model: type[BaseModel], kind: str) -> BaseModel:
@@ -75,6 +102,8 @@ def load_study(path: str | Path) -> StudySpec:
         raise ConfigError(
             f"study file {str(path)!r}: name {spec.name!r} must be a plain folder name ({problem})"
         )
+    if not spec.all_variants():
+        raise ConfigError(f"study file {str(path)!r}: give at least one variant or a grid")
     if not spec.base.is_absolute():
         spec.base = path.parent / spec.base
     for x in spec.plots.x:
@@ -96,7 +125,7 @@ def run_study(
 
     spec = load_study(path)
     configs = {}
-    for variant, overrides in spec.variants.items():
+    for variant, overrides in spec.all_variants().items():
         problem = folder_name_problem(variant)
         if problem:
             raise ConfigError(
@@ -126,8 +155,34 @@ def run_study(
         time_to_target(table, spec.target_accuracy).to_csv(
             study_dir / "time_to_target.csv", index=False
         )
+    if spec.grid is not None:
+        grid = grid_table(table, spec.grid)
+        grid.to_csv(study_dir / "table.csv")
+        (study_dir / "table.md").write_text(markdown_table(grid) + "\n")
     _plot(table, spec.plots, study_dir, spec.target_accuracy)
     return study_dir
+
+
+def grid_table(table, grid: GridSpec):
+    """The final evaluated ``eval_accuracy`` of every grid variant, rows × columns."""
+    import pandas as pd
+
+    final = {
+        variant: runs.eval_accuracy.dropna().iloc[-1] if runs.eval_accuracy.notna().any() else None
+        for variant, runs in table.groupby("variant", sort=False)
+    }
+    cells = {c: [final.get(f"{r}-{c}") for r in grid.rows] for c in grid.columns}
+    return pd.DataFrame(cells, index=pd.Index(list(grid.rows), name="variant"))
+
+
+def markdown_table(frame) -> str:
+    """A small frame as a Markdown table (3 decimals)."""
+    head = [frame.index.name or "", *map(str, frame.columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, row in frame.iterrows():
+        cells = ["" if v is None or v != v else f"{v:.3f}" for v in row]
+        lines.append("| " + " | ".join([str(name), *cells]) + " |")
+    return "\n".join(lines)
 
 
 def time_to_target(table, target: float):

@@ -70,6 +70,9 @@ class Workload(ABC):
     # Extra metrics ``evaluate`` returns besides loss and accuracy; each becomes an ``eval_<name>``
     # column of rounds.parquet (computed on the eval clients' test splits).
     metric_names: tuple[str, ...] = ()
+    # Number of classes of a classification task whose y_train holds class indices (label
+    # flipping attacks need it); None for tasks without class labels.
+    num_classes: int | None = None
 
     def client_statistics(self) -> dict[str, list] | None:
         """Per-client sizes and label counts as columns (written to ``partition.parquet``), or

@@ -34,6 +34,7 @@ _COV_DIAG_SQRT = np.power(np.arange(1, NUM_FEATURES + 1, dtype=np.float64), -1.2
 
 class Synthetic(Workload):
     name = "synthetic"
+    num_classes = NUM_CLASSES
 
     def __init__(self, cfg, seed: int):
         self.cfg = cfg

@@ -4,17 +4,20 @@ Each transform is a small object with a client side (``send``, run in pipeline o
 client) and its inverse on the server (``receive``, run in reverse order) — pfl-research's
 postprocessors are the model. The pipeline fedray builds from a config is
 
-    rows (row-sparse layouts) → DP clip (``privacy``) → encode (uplink codec, error feedback)
+    rows (row-sparse layouts) → attack (``attack``) → DP clip (``privacy``) → encode (uplink
+    codec, error feedback)
 
-so the server side is decode → enforce the clip bound → scatter the rows into the full model.
-With ``secure_aggregation`` the last step is the masking (:mod:`fedray.secagg.transform`) instead
-of the codec: its masked vectors go into a ring aggregate (``new_aggregate``), and what clients
-must know of the round to mask (who shared keys) comes with the model (``downlink``). A
-transform that keeps per-client memory (the error-feedback residual) reads and writes it as a
-named entry of the client's state (:mod:`fedray.clients.state_store`); a transform that acts on
-the whole round's sum (DP-FedAvg's Gaussian noise, secure aggregation's unmasking) has a
-``finalize`` step on the driver, run in reverse pipeline order like ``receive``. Later features
-(adversarial corruption) are new transforms; the drivers, the pool and the worker do not change.
+so the server side is decode → enforce the clip bound → (an attack's server side) → scatter the
+rows into the full model. With ``secure_aggregation`` the last step is the masking
+(:mod:`fedray.secagg.transform`) instead of the codec: its masked vectors go into a ring aggregate
+(``new_aggregate``), and what clients must know of the round to mask (who shared keys) comes with
+the model (``downlink``). A transform may also act on a client's training data before it trains
+(``prepare``: label flipping, :mod:`fedray.attacks`). A transform that keeps per-client memory
+(the error-feedback residual) reads and writes it as a named entry of the client's state
+(:mod:`fedray.clients.state_store`); a transform that acts on the whole round's sum (DP-FedAvg's
+Gaussian noise, secure aggregation's unmasking, ALIE's crafted updates) has a ``finalize`` step on
+the driver, run in reverse pipeline order like ``receive``. New features are new transforms; the
+drivers, the pool and the worker do not change.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedray import seeding
+from fedray.attacks import make_attack
 from fedray.compression import encode_with_feedback, make_codec
 from fedray.execution.layout import FlatLayout, pack_upload
 from fedray.privacy import add_noise, clip
@@ -176,8 +180,18 @@ class Pipeline:
         self.transforms = transforms
 
     @classmethod
-    def of(cls, cfg, flat: FlatLayout, segments: tuple[int, ...], who: str) -> Pipeline:
+    def of(
+        cls,
+        cfg,
+        flat: FlatLayout,
+        segments: tuple[int, ...],
+        who: str,
+        num_classes: int | None = None,
+    ) -> Pipeline:
         transforms: list = [RowSparse(flat, segments, who)]
+        attack = make_attack(cfg, num_classes=num_classes)
+        if attack is not None:
+            transforms.append(attack)
         if cfg.privacy is not None:
             p = cfg.privacy
             central = cfg.secure_aggregation is None
@@ -197,6 +211,21 @@ class Pipeline:
         else:
             transforms.append(Encode(make_codec(cfg.compression.uplink), cfg.seed, segments))
         return cls(transforms)
+
+    def prepare(self, data, client_id: int, key: int):
+        """The data a client trains on in round (or dispatch) ``key``."""
+        for transform in self.transforms:
+            if hasattr(transform, "prepare"):
+                data = transform.prepare(data, client_id, key)
+        return data
+
+    def adversarial(self, client_ids, key: int) -> np.ndarray:
+        """Per client, whether an attack transform corrupts its task ``key`` (for the tables)."""
+        flags = np.zeros(len(client_ids), dtype=bool)
+        for transform in self.transforms:
+            if hasattr(transform, "adversarial"):
+                flags |= transform.adversarial(client_ids, key)
+        return flags
 
     def deliver(
         self,

@@ -144,7 +144,13 @@ class ClientWorker:
         dense = self.flat.dense or vectorize == "on"
         self.vectorized = dense and batched.resolve_mode(vectorize, self.workload, self.model)
         self.strategy = make_strategy(cfg)
-        self.pipeline = Pipeline.of(cfg, self.flat, self.segments, self.workload.name)
+        self.pipeline = Pipeline.of(
+            cfg,
+            self.flat,
+            self.segments,
+            self.workload.name,
+            getattr(self.workload, "num_classes", None),
+        )
         self.robustness = cfg.robustness
         self._cache: OrderedDict[int, object] = OrderedDict()
         self._cache_bytes = 0
@@ -259,7 +265,8 @@ class ClientWorker:
         base_tensors = [torch.tensor(b) for b in bases]  # private copies, loaded per client
         private_index = self.flat.private_index
         for task, plan in zip(job.tasks, plans, strict=True):
-            data = self._data(task.client_id)
+            key = job.round if task.round is None else task.round
+            data = self.pipeline.prepare(self._data(task.client_id), task.client_id, key)
             start, private = bases[task.model], None
             if private_index.size:
                 private = job.states.get(task.client_id, {}).get(PRIVATE)
@@ -271,7 +278,6 @@ class ClientWorker:
                 load_flat_params(self.model, start)
             else:
                 load_flat_params(self.model, base_tensors[task.model])
-            key = job.round if task.round is None else task.round
             rng = seeding.generator(self.seed, "shuffle", task.client_id, key)
             options = {}
             if plan.correction is not None:
@@ -313,7 +319,7 @@ class ClientWorker:
             key = job.round if task.round is None else task.round
             jobs.append(
                 job_from(
-                    self._data(task.client_id),
+                    self.pipeline.prepare(self._data(task.client_id), task.client_id, key),
                     epochs=task.local_epochs,
                     rng=seeding.generator(self.seed, "shuffle", task.client_id, key),
                     start=received[task.model]["params"],

@@ -32,6 +32,8 @@ ROUNDS_SCHEMA = pa.schema(
         # withheld from the model (status ``quarantined`` in client_events)
         pa.field("num_quarantined", pa.int64()),
         pa.field("num_aggregated", pa.int64()),
+        # adversarial clients (``attack``) among those aggregated; 0 without an attack
+        pa.field("num_adversarial", pa.int64()),
         pa.field("staleness_mean", pa.float64()),
         pa.field("staleness_max", pa.int64()),
         pa.field("bytes_up", pa.int64()),
@@ -107,6 +109,8 @@ CLIENT_EVENTS_SCHEMA = pa.schema(
         # joules the task spent, and the battery's level after it (null without clients.battery)
         pa.field("energy_j", pa.float64()),
         pa.field("battery_j", pa.float64(), nullable=True),
+        # whether the client was an attacker for this task (``attack``; fedray.attacks)
+        pa.field("adversarial", pa.bool_()),
     ]
 )
 

@@ -111,6 +111,7 @@ _EVENT_COLUMNS = (
     "train_loss",
     "energy_j",
     "battery_j",
+    "adversarial",
 )
 
 
@@ -331,6 +332,7 @@ class AsyncDriver(Driver):
         window, tally = self._window, self._window.tally
         arrived = status not in LOST
         bytes_up = task.plan.bytes_up if arrived else 0
+        adversarial = bool(self.pipeline.adversarial([task.plan.client_id], task.seq)[0])
         values = (
             task.plan.client_id,
             status,
@@ -348,6 +350,7 @@ class AsyncDriver(Driver):
             loss,
             task.plan.energy_j,
             task.plan.battery_j,
+            adversarial,
         )
         for column, value in zip(window.events.values(), values, strict=True):
             column.append(value)
@@ -362,6 +365,7 @@ class AsyncDriver(Driver):
         if status == COMPLETED:
             window.durations.append(task.finish_s - task.dispatch_s)
             tally.completed += 1
+            tally.adversarial += adversarial
             tally.staleness.append(staleness)
             tally.losses.append(loss)
             tally.samples.append(task.plan.num_samples)

@@ -85,7 +85,9 @@ class Driver:
         # (fedray.api has already refused what the layout cannot take, before the pool started)
         self.flat = FlatLayout.of(model, workload.parameter_layout())
         self.links = Links(cfg, segments, self.flat)
-        self.pipeline = Pipeline.of(cfg, self.flat, segments, workload.name)
+        self.pipeline = Pipeline.of(
+            cfg, self.flat, segments, workload.name, getattr(workload, "num_classes", None)
+        )
         self.state_dir = None if state_dir is None else Path(state_dir)
         # Everything clients remember between tasks (residuals, private parameters, control
         # variates), bounded in memory and spilled to the run's folder.

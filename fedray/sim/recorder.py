@@ -34,6 +34,7 @@ class Tally:
     stragglers: int = 0
     stale: int = 0
     quarantined: int = 0
+    adversarial: int = 0  # adversarial clients among those aggregated (``attack``)
     bytes_up: int = 0
     bytes_down: int = 0
     bytes_up_raw: int = 0
@@ -73,6 +74,7 @@ def round_row(state, tally: Tally, wall_time_s: float, **extra) -> dict:
         "num_stale": tally.stale,
         "num_quarantined": tally.quarantined,
         "num_aggregated": aggregated,
+        "num_adversarial": tally.adversarial,
         "staleness_mean": float(np.mean(tally.staleness)) if aggregated else np.nan,
         "staleness_max": int(max(tally.staleness)) if aggregated else 0,
         "bytes_up": tally.bytes_up,

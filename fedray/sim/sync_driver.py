@@ -341,6 +341,7 @@ class SyncDriver(Driver):
         # a failed secure aggregation leaves the model as it was: nobody was aggregated
         aggregated = accepted & ~quarantined & (not columns.get("secagg_failed", False))
         extra_up, extra_down = int(overhead.up.sum()), int(overhead.down.sum())
+        adversarial = self.pipeline.adversarial(plan.client_ids, round_)
         tally = Tally(
             start_s=state.sim_time_s,
             duration_s=plan.duration_s + overhead.seconds,
@@ -354,6 +355,7 @@ class SyncDriver(Driver):
             wait_s=waited,
             stragglers=int((plan.status == STRAGGLER).sum()),
             quarantined=int(quarantined.sum()),
+            adversarial=int((adversarial & aggregated).sum()),
             bytes_up=int(plan.bytes_up.sum()) + extra_up,
             bytes_down=int(plan.bytes_down.sum()) + extra_down,
             bytes_up_raw=int(bytes_.up_raw[accepted].sum()) * self.payloads + extra_up,
@@ -400,5 +402,6 @@ class SyncDriver(Driver):
             "train_loss": losses,
             "energy_j": energy,
             "battery_j": battery,
+            "adversarial": adversarial,
         }
         return row, events, overhead.setup_s + plan.finish_s[aggregated]

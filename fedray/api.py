@@ -119,6 +119,8 @@ def _privacy_summary(cfg: Config, rounds: int) -> dict | None:
         "sample_rate": accountant.sample_rate,
         "accountant": accountant.name,
         "sampling": accountant.sampling,
+        "kind": cfg.privacy.kind,
+        "adaptive_clipping": cfg.privacy.adaptive_clipping is not None,
     }
 
 

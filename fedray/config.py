@@ -793,11 +793,27 @@ class ExecutionConfig(_Model):
     vectorize: Literal["auto", "on", "off"] = "auto"
 
 
+class AdaptiveClippingConfig(_Model):
+    """Adaptive clipping by quantile (Andrew, Thakkar, McMahan, Ramaswamy, "Differentially
+    Private Learning with Adaptive Clipping", NeurIPS 2021; :mod:`fedray.privacy`): after every
+    round C ← C · exp(−``learning_rate`` · (b̃ − ``target_quantile``)), b̃ the noised fraction of
+    clients whose update was within C; ``count_noise_multiplier`` σ_b defaults to the paper's
+    clients_per_round / 20."""
+
+    target_quantile: float = Field(default=0.5, gt=0, lt=1)
+    learning_rate: float = Field(default=0.2, gt=0, le=10)
+    count_noise_multiplier: float | None = Field(default=None, gt=0)
+
+
 class PrivacyConfig(_Model):
-    """User-level DP-FedAvg (McMahan et al., ICLR 2018; :mod:`fedray.privacy`): every client's
-    decoded update is clipped to L2 norm ``clip_norm`` (C) and counts with weight 1, Gaussian
-    noise N(0, (``noise_multiplier`` · C)² I) is added to the round's sum, and the sum is divided
-    by ``clients_per_round``. ε is reported at ``delta``."""
+    """User-level differential privacy (:mod:`fedray.privacy`). ``kind: central`` is DP-FedAvg
+    (McMahan et al., ICLR 2018) — in asynchronous runs DP-FedBuff (Huba et al., MLSys 2022):
+    every client's decoded update is clipped to L2 norm ``clip_norm`` (C) and counts with weight
+    1, Gaussian noise N(0, (``noise_multiplier`` · C)² I) is added to the round's (or buffer's) sum,
+    and the sum is divided by ``clients_per_round`` (or the buffer size K). ``kind: local``: each
+    client adds that noise to its own clipped update before it leaves the device, and the server
+    adds none. ε is reported at ``delta``."""
+
 
     clip_norm: float = Field(gt=0)
     noise_multiplier: float = Field(ge=0)
@@ -805,6 +821,8 @@ class PrivacyConfig(_Model):
     # fixed: M = ceil(K * over_selection) clients without replacement; poisson: every client
     # independently with probability K / N (the paper's sampling; fedray.privacy)
     sampling: Literal["fixed", "poisson"] = "fixed"
+    kind: Literal["central", "local"] = "central"
+    adaptive_clipping: AdaptiveClippingConfig | None = None  # clip_norm is then the initial C
 
 
 # --------------------------------------------------------------------------- attacks
@@ -1025,19 +1043,41 @@ class Config(_Model):
             )
         return self
 
+    @property
+    def buffer_size(self) -> int:
+        """Updates per server step of an asynchronous run: FedBuff's K (default 10), FedAsync 1."""
+        if self.strategy.name == "fedasync":
+            return 1
+        return self.asynchronous.buffer_size or 10
+
     def _check_privacy(self) -> None:
+        p = self.privacy
         why = _PRIVACY_STRATEGIES_REFUSED.get(self.strategy.name)
-        if why is not None:
+        if why is not None and not (p.kind == "local" and self.strategy.name != "scaffold"):
             raise ValueError(
                 f"privacy cannot be combined with strategy {self.strategy.name}: {why}; use "
-                "fedavg, fedprox, fedavgm, fedadagrad, fedadam or fedyogi, or remove privacy"
+                "fedavg, fedprox, fedavgm, fedadagrad, fedadam or fedyogi, privacy.kind local, "
+                "or remove privacy"
             )
+        if p.adaptive_clipping is not None:
+            self._check_adaptive_clipping()
         if self.mode == "async":
-            raise ValueError(
-                "privacy (DP-FedAvg) supports synchronous rounds only; set mode: sync or remove "
-                "privacy"
-            )
-        if self.privacy.sampling == "poisson" and self.over_selection != 1.0:
+            if p.sampling == "poisson":
+                raise ValueError(
+                    "privacy.sampling poisson samples synchronous rounds; asynchronous runs "
+                    "dispatch clients as slots free up — remove privacy.sampling or set mode: sync"
+                )
+            a = self.asynchronous
+            if p.kind == "central" and self.clients.num_clients < a.concurrency + self.buffer_size:
+                # DP-FedBuff's sensitivity needs each client at most once per buffer, so a client
+                # that has contributed to the open buffer is not dispatched until the step
+                # (fedray.sim.async_driver); with fewer clients a slot could find nobody to run.
+                raise ValueError(
+                    f"privacy in asynchronous runs needs clients.num_clients >= concurrency + "
+                    f"buffer size ({a.concurrency} + {self.buffer_size}); add clients or lower "
+                    "asynchronous.concurrency or asynchronous.buffer_size"
+                )
+        if p.sampling == "poisson" and self.over_selection != 1.0:
             raise ValueError(
                 "privacy.sampling poisson draws each client with probability K/N; over_selection "
                 "does not apply — remove it or use sampling: fixed"
@@ -1055,6 +1095,24 @@ class Config(_Model):
             raise ValueError(
                 "privacy accounting assumes every client is always available; set "
                 "clients.profile.availability (and every tier's) to 1 or remove privacy"
+            )
+
+    def _check_adaptive_clipping(self) -> None:
+        p, a = self.privacy, self.privacy.adaptive_clipping
+        if self.mode == "async" or p.kind == "local" or self.secure_aggregation is not None:
+            # the clip norm is a server decision taken on the round's noised count of unclipped
+            # clients, sent with the next round's model: central, synchronous, and in the clear
+            raise ValueError(
+                "privacy.adaptive_clipping needs central DP in synchronous rounds without "
+                "secure_aggregation; remove adaptive_clipping or those options"
+            )
+        sigma_b = a.count_noise_multiplier or self.clients_per_round / 20
+        if p.noise_multiplier > 0 and 2 * sigma_b <= p.noise_multiplier:
+            # z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) (Andrew et al., Thm. 1) needs 2σ_b > z
+            raise ValueError(
+                f"privacy.adaptive_clipping.count_noise_multiplier={sigma_b:g} must exceed "
+                f"noise_multiplier / 2 = {p.noise_multiplier / 2:g}; raise it (the paper's "
+                "default is clients_per_round / 20)"
             )
 
     def _check_secure_aggregation(self) -> None:
@@ -1077,6 +1135,11 @@ class Config(_Model):
             raise ValueError(
                 "attack kind alie is simulated from the attackers' individual uploads, which "
                 "secure_aggregation masks; remove secure_aggregation or pick another attack.kind"
+            )
+        if self.privacy is not None and self.privacy.kind == "local":
+            raise ValueError(
+                "privacy.kind local noises every upload on its device, which secure_aggregation's "
+                "ring (sized for central DP's noise shares) does not need; remove one of them"
             )
         if self.privacy is not None and self.privacy.sampling == "poisson":
             raise ValueError(

@@ -57,9 +57,13 @@ from fedray import seeding
 ACCOUNTANTS = {
     "fixed": "rdp, sampled without replacement, replace-one",
     "poisson": "rdp, poisson sampled, add/remove-one",
+    "async": "rdp, gaussian per server step without sampling amplification, add/remove-one",
+    "local": "rdp, gaussian per round a client takes part in (local dp), replace-one",
 }
 ACCOUNTANT = ACCOUNTANTS["fixed"]
 NOISE_PURPOSE = "dp.noise"
+LOCAL_NOISE_PURPOSE = "dp.local_noise"
+COUNT_NOISE_PURPOSE = "dp.count_noise"
 
 
 def clip(update: np.ndarray, clip_norm: float) -> tuple[np.ndarray, bool]:
@@ -85,6 +89,38 @@ def add_noise(
     return out + rng.normal(0.0, noise_multiplier * clip_norm, size=out.shape)
 
 
+def adaptive_noise_multiplier(noise_multiplier: float, count_noise: float) -> float:
+    """The update sum's noise multiplier z_Δ under adaptive clipping, so that the pair (noised
+    sum, noised count of unclipped clients) is as private as one Gaussian query with multiplier z:
+    z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) (Andrew et al., NeurIPS 2021, §3; the 2 because each client adds
+    b − ½, of sensitivity ½). z = 0 (clipping only) stays 0."""
+    if noise_multiplier == 0:
+        return 0.0
+    return (noise_multiplier**-2 - (2 * count_noise) ** -2) ** -0.5
+
+
+def next_clip_norm(
+    clip_norm: float,
+    centred_unclipped: float,
+    *,
+    cohort: int,
+    target_quantile: float,
+    learning_rate: float,
+    count_noise: float,
+    seed: int,
+    round_: int,
+) -> float:
+    """Adaptive clipping's geometric step (Andrew et al., Algorithm 1): the noised fraction of
+    unclipped clients b̃ = ½ + (Σ (b_k − ½) + N(0, σ_b²)) / K, then C ← C · exp(−η_C (b̃ − γ)).
+    The noise is drawn once on the driver from (seed, "dp.count_noise", round); C is kept at
+    float32 precision, the precision it is sent to clients with."""
+    noise = 0.0
+    if count_noise > 0:
+        noise = float(seeding.generator(seed, COUNT_NOISE_PURPOSE, 0, round_).normal(0, count_noise))
+    fraction = 0.5 + (centred_unclipped + noise) / cohort
+    return float(np.float32(clip_norm * math.exp(-learning_rate * (fraction - target_quantile))))
+
+
 def round_event(
     noise_multiplier: float, num_clients: int, sample_size: int, sampling: str = "fixed"
 ):
@@ -93,6 +129,11 @@ def round_event(
 
     if noise_multiplier == 0:
         return dp_accounting.NonPrivateDpEvent()
+    if sampling == "async":
+        return dp_accounting.GaussianDpEvent(noise_multiplier)
+    if sampling == "local":
+        # any two local datasets of a client: its clipped update can move by 2C
+        return dp_accounting.GaussianDpEvent(noise_multiplier / 2)
     if sampling == "poisson":
         return dp_accounting.PoissonSampledDpEvent(
             sample_size / num_clients, dp_accounting.GaussianDpEvent(noise_multiplier)
@@ -114,10 +155,12 @@ def _round_rdp(
     from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
     relation = dp_accounting.NeighboringRelation
+    # A Gaussian event carries its sensitivity in its multiplier (round_event), so its RDP is the
+    # same under either relation; dp_accounting composes it under add/remove-one.
     accountant = rdp.RdpAccountant(
-        neighboring_relation=relation.ADD_OR_REMOVE_ONE
-        if sampling == "poisson"
-        else relation.REPLACE_ONE
+        neighboring_relation=relation.REPLACE_ONE
+        if sampling == "fixed"
+        else relation.ADD_OR_REMOVE_ONE
     )
     accountant.compose(round_event(noise_multiplier, num_clients, sample_size, sampling))
     # dp_accounting offers no public per-order RDP; its composition is count × this vector
@@ -196,10 +239,15 @@ class Accountant:
         p = cfg.privacy
         if p is None:
             return None
+        sampling = p.sampling
+        if p.kind == "local":
+            sampling = "local"
+        elif cfg.mode == "async":
+            sampling = "async"
         return cls(
             noise_multiplier=p.noise_multiplier,
             num_clients=cfg.clients.num_clients,
             sample_size=cfg.clients_per_round if p.sampling == "poisson" else cfg.num_selected,
             delta=p.delta,
-            sampling=p.sampling,
+            sampling=sampling,
         )

@@ -150,7 +150,26 @@ PRIVACY = {"clip_norm": 0.5, "noise_multiplier": 1.0}
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"mode": "async"}, "privacy (DP-FedAvg) supports synchronous rounds only; set mode: sync"),
+        (
+            {"mode": "async", "clients": {"num_clients": 15}},
+            "privacy in asynchronous runs needs clients.num_clients >= concurrency + buffer size",
+        ),
+        (
+            {"mode": "async", "privacy": {**PRIVACY, "sampling": "poisson"}},
+            "privacy.sampling poisson samples synchronous rounds",
+        ),
+        (
+            {"privacy": {**PRIVACY, "kind": "local"}, "secure_aggregation": {}},
+            "privacy.kind local noises every upload on its device",
+        ),
+        (
+            {"mode": "async", "privacy": {**PRIVACY, "adaptive_clipping": {}}},
+            "privacy.adaptive_clipping needs central DP in synchronous rounds",
+        ),
+        (
+            {"privacy": {**PRIVACY, "noise_multiplier": 1.0, "adaptive_clipping": {}}},
+            "privacy.adaptive_clipping.count_noise_multiplier=0.25 must exceed noise_multiplier",
+        ),
         (
             {"strategy": {"name": "robust", "rule": "median"}},
             "privacy cannot be combined with strategy robust",

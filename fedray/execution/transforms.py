@@ -31,10 +31,18 @@ from fedray import seeding
 from fedray.attacks import make_attack
 from fedray.compression import encode_with_feedback, make_codec
 from fedray.execution.layout import FlatLayout, pack_upload
-from fedray.privacy import add_noise, clip
+from fedray.privacy import (
+    LOCAL_NOISE_PURPOSE,
+    adaptive_noise_multiplier,
+    add_noise,
+    clip,
+    next_clip_norm,
+)
 from fedray.strategies.aggregate import Aggregate, ClientMessage
 
 RESIDUAL = "ef.residual"  # the client-state entry of the error-feedback residual
+CLIP_NORM = "dp.clip_norm"  # adaptive clipping: the round's C, sent with the model
+UNCLIPPED = "dp.unclipped"  # adaptive clipping: Σ (b_k − ½) over the round's uploads
 
 
 @dataclass
@@ -93,55 +101,108 @@ class RowSparse:
 
 
 class DPClip:
-    """User-level DP-FedAvg (McMahan et al., ICLR 2018; :mod:`fedray.privacy`): the client clips
-    its update to L2 norm C and counts once (weight 1, whatever its sample count); the server
-    enforces the bound again on what it decoded, so a lossy codec cannot exceed the sensitivity
-    (beyond float32 rounding of C), and adds N(0, (zC)²) to the round's sum (``finalize``).
+    """User-level DP (:mod:`fedray.privacy`) as a client transform: the client clips its update to
+    L2 norm C and counts once (weight 1, whatever its sample count).
 
-    Under secure aggregation (``central=False``) the server sees neither an update nor a sum
-    before unmasking: the clients add the noise in shares before masking
-    (:class:`fedray.secagg.transform.SecureAggregation`), so here the server only divides the
-    unmasked sum by K."""
+    * ``central`` (DP-FedAvg, McMahan et al., ICLR 2018; DP-FedBuff, Huba et al., MLSys 2022):
+      the server enforces the bound again on what it decoded, so a lossy codec cannot exceed the
+      sensitivity (beyond float32 rounding of C), and ``finalize`` adds N(0, (zC)²) to the
+      round's — or the asynchronous buffer's — sum and divides it by the fixed denominator (K
+      clients per round, or the buffer size). Under secure aggregation (``secure=True``) the
+      server sees neither an update nor a sum before unmasking: the clients add the noise in
+      shares before masking (:class:`fedray.secagg.transform.SecureAggregation`), so here the
+      server only divides the unmasked sum.
+    * ``local``: the client adds N(0, (zC)²) to its own clipped update, seeded by
+      (seed, "dp.local_noise", client, round), before the codec; the server adds none.
+    * ``adaptive`` (Andrew et al., NeurIPS 2021): C is the server's, sent with the model as
+      ``dp.clip_norm``; each client's bit b_k = [‖Δ_k‖ ≤ C] reaches the sum as b_k − ½ (the bit
+      is not charged to the uplink), and ``finalize`` moves C geometrically towards the
+      ``target_quantile`` of the update norms from the noised count. Its state — C — is the
+      pipeline's server state, checkpointed with the driver's.
+    """
 
     def __init__(
         self,
-        clip_norm: float,
-        noise_multiplier: float,
+        privacy,
         seed: int,
         denominator: int,
-        central: bool = True,
+        secure: bool = False,
     ):
-        self.clip_norm, self.noise_multiplier = clip_norm, noise_multiplier
-        self.seed, self.denominator, self.central = seed, denominator, central
+        self.clip_norm, self.noise_multiplier = privacy.clip_norm, privacy.noise_multiplier
+        self.local = privacy.kind == "local"
+        self.seed, self.denominator, self.secure = seed, denominator, secure
+        self.adaptive = privacy.adaptive_clipping
+        if self.adaptive is not None:
+            self.count_noise = self.adaptive.count_noise_multiplier or denominator / 20
+            self.update_noise = adaptive_noise_multiplier(self.noise_multiplier, self.count_noise)
+        else:
+            self.update_noise = self.noise_multiplier
+
+    # -- client side
 
     def send(self, up: Upload) -> None:
-        up.update, up.clipped = clip(up.update, self.clip_norm)
+        bound = self.clip_norm
+        if self.adaptive is not None:
+            bound = float(np.asarray(up.received[CLIP_NORM]).reshape(-1)[0])
+        up.update, up.clipped = clip(up.update, bound)
         up.weight = 1.0
+        if self.local and self.noise_multiplier > 0:
+            rng = seeding.generator(self.seed, LOCAL_NOISE_PURPOSE, up.client_id, up.key)
+            noise = rng.normal(0.0, self.noise_multiplier * bound, size=up.update.shape)
+            up.update = (up.update + noise).astype(up.update.dtype)
+
+    # -- server side
 
     def receive(self, up: Upload) -> None:
-        if not self.central:
-            return  # a masked vector: its norm is not the update's
+        if self.adaptive is not None:
+            up.extras[UNCLIPPED] = np.array([0.5 - float(up.clipped)])
+        if self.secure or self.local:
+            return  # a masked or noised vector: its norm is not bounded by C
         norm = float(np.linalg.norm(np.asarray(up.update, dtype=np.float64)))
         if norm > self.clip_norm * (1 + 1e-6):
             up.update, _ = clip(up.update, self.clip_norm)
 
+    def downlink(self, round_: int, cohort) -> dict:
+        if self.adaptive is None:
+            return {}
+        return {CLIP_NORM: np.array([self.clip_norm], dtype=np.float32)}
+
     def finalize(self, aggregate: Aggregate, round_: int, context: Mapping) -> dict:
-        # Noise the sum of clipped updates and divide by the fixed expected cohort size K, not
-        # the number that arrived (eq. 4 of the paper).
+        # Noise the sum of clipped updates and divide by the fixed denominator, not the number
+        # that arrived (eq. 4 of McMahan et al.).
+        columns = {} if self.adaptive is None else {"dp_clip_norm": self.clip_norm}
+        unclipped = aggregate.extras.pop(UNCLIPPED, None)
         if aggregate.total is None:
-            return {}
-        if not self.central:  # the unmasked sum carries the clients' noise already
-            aggregate.weight = float(self.denominator)
-            return {}
-        aggregate.total = add_noise(
-            aggregate.total,
-            seed=self.seed,
-            round_=round_,
-            noise_multiplier=self.noise_multiplier,
-            clip_norm=self.clip_norm,
-        )
+            return columns
         aggregate.weight = float(self.denominator)
-        return {}
+        if not (self.secure or self.local):
+            aggregate.total = add_noise(
+                aggregate.total,
+                seed=self.seed,
+                round_=round_,
+                noise_multiplier=self.update_noise,
+                clip_norm=self.clip_norm,
+            )
+        if self.adaptive is not None:
+            centred = 0.0 if unclipped is None else float(np.sum(unclipped))
+            self.clip_norm = next_clip_norm(
+                self.clip_norm,
+                centred,
+                cohort=self.denominator,
+                target_quantile=self.adaptive.target_quantile,
+                learning_rate=self.adaptive.learning_rate,
+                count_noise=self.count_noise if self.noise_multiplier > 0 else 0.0,
+                seed=self.seed,
+                round_=round_,
+            )
+        return columns
+
+    def server_state(self) -> dict:
+        return {} if self.adaptive is None else {CLIP_NORM: self.clip_norm}
+
+    def load_server_state(self, state: Mapping) -> None:
+        if self.adaptive is not None and CLIP_NORM in state:
+            self.clip_norm = float(state[CLIP_NORM])
 
 
 class Encode:
@@ -193,11 +254,9 @@ class Pipeline:
         if attack is not None:
             transforms.append(attack)
         if cfg.privacy is not None:
-            p = cfg.privacy
-            central = cfg.secure_aggregation is None
-            transforms.append(
-                DPClip(p.clip_norm, p.noise_multiplier, cfg.seed, cfg.clients_per_round, central)
-            )
+            denominator = cfg.clients_per_round if cfg.mode == "sync" else cfg.buffer_size
+            secure = cfg.secure_aggregation is not None
+            transforms.append(DPClip(cfg.privacy, cfg.seed, denominator, secure))
         if cfg.secure_aggregation is not None:
             from fedray.secagg.transform import SecureAggregation
 
@@ -267,6 +326,20 @@ class Pipeline:
             if hasattr(transform, "downlink"):
                 out.update(transform.downlink(round_, cohort))
         return out
+
+    def server_state(self) -> dict:
+        """What the transforms' server sides carry from one server step to the next (adaptive
+        clipping's C), as plain values for the driver's checkpointed state."""
+        out: dict = {}
+        for transform in self.transforms:
+            if hasattr(transform, "server_state"):
+                out.update(transform.server_state())
+        return out
+
+    def load_server_state(self, state: Mapping) -> None:
+        for transform in self.transforms:
+            if hasattr(transform, "load_server_state"):
+                transform.load_server_state(state)
 
     def finalize(self, aggregate: Aggregate, round_: int, context: Mapping | None = None) -> dict:
         """The server-side steps on a whole round's sum (sync rounds), in reverse pipeline order

@@ -54,11 +54,13 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("eval_accuracy", pa.float64()),
         pa.field("global_train_loss", pa.float64()),
         pa.field("global_train_accuracy", pa.float64()),
-        # DP-FedAvg (``privacy``): cumulative ε at the config's δ after this round, and the share
-        # of the round's trained clients whose update was clipped; NaN (null in async runs) when
-        # privacy is off.
+        # DP (``privacy``): cumulative ε at the config's δ after this round (or server step),
+        # and the share of its trained (async: aggregated) clients whose update was clipped;
+        # with adaptive clipping, the clip norm C the round's clients used. NaN (null in async
+        # runs) when off.
         pa.field("dp_epsilon", pa.float64(), nullable=True),
         pa.field("dp_clipped_fraction", pa.float64(), nullable=True),
+        pa.field("dp_clip_norm", pa.float64(), nullable=True),
         # Secure aggregation (``secure_aggregation``; null when off): whether the round failed
         # (too few survivors to unmask: the model was left unchanged), |U_2| and |U_1 \ U_2|,
         # each client's neighbour count, the dropped clients' keys reconstructed and the pairwise

@@ -110,6 +110,7 @@ class TensorBoardSink:
             "async/num_stale": row.get("num_stale"),
             "privacy/epsilon": row.get("dp_epsilon"),
             "privacy/clipped_fraction": row.get("dp_clipped_fraction"),
+            "privacy/clip_norm": row.get("dp_clip_norm"),
         }
         # workload metrics (eval_macro_f1, eval_entity_f1, ...) beyond loss and accuracy
         scalars.update(

@@ -38,6 +38,7 @@ import ray
 from fedray.config import Config
 from fedray.errors import UserError
 from fedray.execution.worker import GroupJob, GroupResult, Task
+from fedray.privacy import Accountant
 from fedray.sim.conditions import MAX_IDLE_S
 from fedray.sim.dispatch import DispatchPlan, DispatchPlanner
 from fedray.sim.driver import Driver, DriverState
@@ -123,6 +124,8 @@ class _Window:
 
     tally: Tally = field(default_factory=Tally)
     durations: list[float] = field(default_factory=list)  # of the updates aggregated
+    clipped: int = 0  # of the updates aggregated, how many DP clipping scaled down (not saved:
+    # checkpoints are taken right after a server step, when it is 0)
     events: dict[str, list] = field(default_factory=lambda: {c: [] for c in _EVENT_COLUMNS})
 
 
@@ -153,6 +156,11 @@ class AsyncDriver(Driver):
         self._next_seq = 0
         self._last_step = (0, 0)  # (round, dispatch number) at the last server step
         self._window = _Window()
+        # DP-FedBuff's sensitivity bound: a client contributes at most once to a buffer, so one
+        # that has is not dispatched again until the buffer's server step (fedray.privacy).
+        self._once_per_buffer = cfg.privacy is not None and cfg.privacy.kind == "central"
+        self._in_buffer: set[int] = set()
+        self.accountant = Accountant.of(cfg)
 
     # ------------------------------------------------------------------ the event loop
 
@@ -213,10 +221,14 @@ class AsyncDriver(Driver):
             return False
         self._resolve(task, COMPLETED, staleness=staleness, loss=loss)
         at = int(result.row[k])
+        if self._once_per_buffer:
+            self._in_buffer.add(cid)
+        self._window.clipped += bool(result.clipped[k])
         self.strategy.arrival(
             self.buffer,
             result.aggregate.rows[at],
-            task.plan.num_samples,
+            # the weight the client transforms left (its sample count; 1 under DP)
+            result.aggregate.row_weights[at],
             staleness,
             start=self._versions[task.version].received["params"],
             current=state.server.params,
@@ -224,9 +236,12 @@ class AsyncDriver(Driver):
         )
         if self.buffer.count < getattr(self.strategy, "buffer_size", 1):
             return False
+        # the transforms' steps on the buffer's sum (DP-FedBuff's noise and fixed denominator)
+        columns = self.pipeline.finalize(self.buffer, state.round + 1)
         state.server = self.strategy.server_step(state.server, self.buffer)
         self.buffer = self.strategy.new_aggregate()
-        self._step_taken(wall_start)
+        self._in_buffer.clear()
+        self._step_taken(wall_start, columns)
         return True
 
     # ------------------------------------------------------------------ dispatch
@@ -234,7 +249,8 @@ class AsyncDriver(Driver):
     def _dispatch(self, now: float) -> None:
         seq = self._next_seq
         version = self._current_version()
-        plan = self.planner.next(seq, self._busy, version.payload_bytes, now)
+        busy = self._busy | self._in_buffer if self._in_buffer else self._busy
+        plan = self.planner.next(seq, busy, version.payload_bytes, now)
         if plan is None:  # nobody eligible now: this slot tries again later
             self._wait(now)
             return
@@ -370,13 +386,20 @@ class AsyncDriver(Driver):
             tally.losses.append(loss)
             tally.samples.append(task.plan.num_samples)
 
-    def _step_taken(self, wall_start: float) -> None:
+    def _step_taken(self, wall_start: float, columns: dict) -> None:
         cfg, state, window = self.cfg, self.state, self._window
         state.round += 1
         state.cum_bytes_up += window.tally.bytes_up
         state.cum_bytes_down += window.tally.bytes_down
         state.cum_energy_j += window.tally.energy_j
-        row = round_row(state, window.tally, time.perf_counter() - wall_start)
+        if self.accountant is not None:  # every server step releases one noised buffer
+            aggregated = len(window.tally.staleness)
+            columns = {
+                **columns,
+                "dp_epsilon": self.accountant.epsilon(state.round),
+                "dp_clipped_fraction": window.clipped / aggregated if aggregated else np.nan,
+            }
+        row = round_row(state, window.tally, time.perf_counter() - wall_start, **columns)
         if state.round % cfg.eval_every == 0 or state.round == cfg.rounds:
             row.update(self.evaluate(state.server.params, self.eval_privates()))
         events = window.events

@@ -146,6 +146,7 @@ class Driver:
             "cum_bytes_down": state.cum_bytes_down,
             "cum_energy_j": state.cum_energy_j,
             "queue": state.queue,
+            "transforms": self.pipeline.server_state(),  # adaptive clipping's C
             "sinks": self.on_checkpoint(),
         }
         checkpoint.save(self.run_path, saved, self.client_states)
@@ -162,6 +163,7 @@ class Driver:
             cum_energy_j=float(saved.get("cum_energy_j", 0.0)),
             queue=saved.get("queue") or {},
         )
+        self.pipeline.load_server_state(saved.get("transforms") or {})
         if self.state_dir is not None:  # spill files a killed process left behind
             self.client_states.close()
             shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -814,7 +814,6 @@ class PrivacyConfig(_Model):
     client adds that noise to its own clipped update before it leaves the device, and the server
     adds none. ε is reported at ``delta``."""
 
-
     clip_norm: float = Field(gt=0)
     noise_multiplier: float = Field(ge=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)

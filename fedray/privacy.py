@@ -116,7 +116,9 @@ def next_clip_norm(
     float32 precision, the precision it is sent to clients with."""
     noise = 0.0
     if count_noise > 0:
-        noise = float(seeding.generator(seed, COUNT_NOISE_PURPOSE, 0, round_).normal(0, count_noise))
+        noise = float(
+            seeding.generator(seed, COUNT_NOISE_PURPOSE, 0, round_).normal(0, count_noise)
+        )
     fraction = 0.5 + (centred_unclipped + noise) / cohort
     return float(np.float32(clip_norm * math.exp(-learning_rate * (fraction - target_quantile))))
 

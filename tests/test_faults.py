@@ -93,6 +93,20 @@ CASES = {
         "privacy": {"clip_norm": 0.5, "noise_multiplier": 1.0},
         "clients": {"num_clients": 40},
     },
+    "sync-dp-adaptive": {
+        "privacy": {
+            "clip_norm": 2.0,
+            "noise_multiplier": 1.0,
+            "adaptive_clipping": {"count_noise_multiplier": 2.0},
+        },
+    },
+    "async-dp-fedbuff": {
+        "mode": "async",
+        "rounds": 300,
+        "asynchronous": {"concurrency": 6, "buffer_size": 3},
+        "privacy": {"clip_norm": 0.5, "noise_multiplier": 1.0},
+        "output": {"checkpoint_every": 20},
+    },
     "async-fedbuff-topk-ef": {
         "mode": "async",
         "rounds": 400,

@@ -174,6 +174,36 @@ def test_a_block_whose_logits_overflow_without_the_shift_is_retrained_with_it(
         np.testing.assert_allclose(block.loss[i], mean_loss, rtol=1e-5)
 
 
+def test_a_client_in_range_gets_the_same_update_whoever_shares_its_block():
+    # Prepare: two ordinary clients and one whose logits overflow without the shift. The retry
+    # with the shift rounds differently, so it must touch the overflowing client only: async
+    # groups (and resumed runs) put clients in different blocks, and tables must not change.
+    rng = np.random.default_rng(1)
+    start = rng.normal(0, 1, 70).astype(np.float32)
+
+    def job(n, scale, seed):
+        x = rng.normal(0, scale, (n, 6)).astype(np.float32)
+        return x, rng.integers(0, 10, n), seed
+
+    calm, calm2, wild = job(23, 1.0, 3), job(31, 1.0, 4), job(17, 300.0, 5)
+
+    def train(*specs):
+        jobs = [
+            batched.ClientJob(x, y, 2, np.random.default_rng(seed), start) for x, y, seed in specs
+        ]
+        return batched.train_block([(10, 6)], jobs, lr=1e-5, batch_size=5)
+
+    # Execute
+    together = train(calm, wild, calm2)
+    apart = [train(calm), train(wild), train(calm2)]
+
+    # Assert: bit-identical, parameters and losses, alone or together
+    for i, alone in enumerate(apart):
+        np.testing.assert_array_equal(together.params[i], alone.params[0])
+        assert together.loss[i] == alone.loss[0]
+    assert np.all(np.isfinite(together.params))
+
+
 def test_vectorize_can_be_forced_and_fails_in_one_line_where_unsupported():
     class TanhSynthetic(Synthetic):
         def build_model(self):

@@ -27,8 +27,9 @@ logreg step on this machine ``torch.func.vmap(grad(...))`` over ``functional_cal
 and the same hand-written step in torch ~2×, the time of the numpy float32 version used here.
 A step is therefore written to make as few numpy calls as possible (~10 for a logreg step,
 9.7 µs on a single client): lr is folded into the loss weights, the losses are computed from the
-kept logits after the loop, and the softmax first runs without its max-shift, with the block
-retrained shifted if any logit left the range where that is exact.
+kept logits after the loop, and the softmax first runs without its max-shift; a client whose
+logits left the range where that is exact is trained again with the shift, alone, so that which
+clients share its block never changes its update (the two round differently).
 """
 
 from __future__ import annotations
@@ -201,16 +202,49 @@ _NORMALISER_MIN = float(np.exp(np.float32(-80.0)))
 _SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
 
 
-def _unshifted_was_exact(
-    normaliser: np.ndarray, lr_weight: np.ndarray, params: list[np.ndarray]
-) -> bool:
+def _unshifted_was_inexact(
+    normaliser: np.ndarray, lr_weight: np.ndarray, params: list[np.ndarray], rank: np.ndarray
+) -> np.ndarray:
+    """Per client (rank order), whether its unshifted steps left the exact range. Judged per
+    client, not per block: the shifted steps round differently, so retraining a whole block
+    would make a client's update depend on which clients shared its block."""
     with np.errstate(invalid="ignore", over="ignore"):
-        in_range = bool(np.all(normaliser >= _NORMALISER_MIN) & np.all(np.isfinite(normaliser)))
+        in_range = (normaliser >= _NORMALISER_MIN) & np.isfinite(normaliser)
         # float64: the product of a large normaliser and 2^-126 must not itself underflow.
         scale_normal = (lr_weight == 0) | (
             lr_weight.astype(np.float64) >= normaliser.astype(np.float64) * _SMALLEST_NORMAL
         )
-    return in_range and bool(scale_normal.all()) and all(np.isfinite(p).all() for p in params)
+    bad_slot = ~(in_range & scale_normal).reshape(len(rank), -1).all(axis=1)
+    jobs = len(params[0])
+    bad = np.bincount(rank, weights=bad_slot, minlength=jobs) > 0
+    for p in params:
+        bad |= ~np.isfinite(p.reshape(jobs, -1)).all(axis=1)
+    return bad
+
+
+def _sub_block(block: _Block, ranks: np.ndarray, steps_by_rank: np.ndarray):
+    """The block of only the clients at ``ranks`` (sorted; the stack stays ordered by step
+    count), with the same minibatches; and the slots of the full block its slots came from."""
+    steps = steps_by_rank[ranks]
+    active = np.array([int((steps > t).sum()) for t in range(int(steps.max()))], dtype=np.int64)
+    slots = np.concatenate(
+        [block.block_start[t] + ranks[:a] for t, a in enumerate(active.tolist())]
+    )
+
+    def pick(arrays):
+        return None if arrays is None else [a[ranks] for a in arrays]
+
+    sub = _Block(
+        block.x[slots],
+        block.lr_weight[slots],
+        block.lr_target[slots],
+        active,
+        np.concatenate([[0], np.cumsum(active)]),
+        block.lr_mu,
+        pick(block.anchor),
+        pick(block.correction),
+    )
+    return sub, slots
 
 
 def train_block(
@@ -272,20 +306,28 @@ def train_block(
     # Optimistically without the softmax's max-shift (two of a step's ~10 numpy calls, each
     # ~1 µs of pure overhead on a block's single-client tail); a block whose logits left the
     # range where that is exact is trained again with the shift.
-    params = stack([j.start for j in jobs])
+    start = stack([j.start for j in jobs])
+    params = [p.copy() for p in start]
     with np.errstate(all="ignore"):  # overflow there is detected and answered by the retry
         logits, normaliser = _sgd(block, params, shapes, stable=False)
-    if not _unshifted_was_exact(normaliser, block.lr_weight, params):
-        params = stack([j.start for j in jobs])
-        logits, normaliser = _sgd(block, params, shapes, stable=True)
+    # slot s of step t belongs to rank s − block_start[t]
+    rank = np.arange(len(x)) - np.repeat(block_start[:-1], active)
+    inexact = _unshifted_was_inexact(normaliser, block.lr_weight, params, rank)
+    if inexact.any():  # those clients alone are trained again, with the shift
+        ranks = np.flatnonzero(inexact)
+        sub, slots = _sub_block(block, ranks, steps[order])
+        again = [p[ranks] for p in start]
+        sub_logits, sub_normaliser = _sgd(sub, again, shapes, stable=True)
+        for p, q in zip(params, again, strict=True):
+            p[ranks] = q
+        logits[slots], normaliser[slots] = sub_logits, sub_normaliser
 
     # A row's cross-entropy is log Σ_c exp(z) − z_y for the logits z as used (shifted or not);
-    # weighted and summed per slot, then over each client's slots (slot s of step t belongs to
-    # rank s − block_start[t]). In float64: unshifted, the two terms can be large and close.
+    # weighted and summed per slot, then over each client's slots. In float64: unshifted, the
+    # two terms can be large and close.
     z_y = np.take_along_axis(logits, y[..., None], axis=2)[..., 0]
     row_loss = np.log(normaliser[..., 0], dtype=np.float64) - z_y
     slot_loss = (weight[..., 0] * row_loss).sum(axis=1)
-    rank = np.arange(len(x)) - np.repeat(block_start[:-1], active)
     loss_sum = np.bincount(rank, weights=slot_loss, minlength=len(jobs))
 
     flat = np.concatenate(

@@ -13,12 +13,15 @@ A study file names a base config and the overrides of each variant::
 
 A study may instead (or as well) name a ``grid``: every row's overrides combined with every
 column's (the column's applied last), each pair a variant ``<row>-<column>``, and the final
-evaluated ``eval_accuracy`` of each written as a rows × columns table (``table.csv`` and
-``table.md``; e.g. defences × attacks)::
+value of each of the grid's ``metrics`` (round-table columns; default ``eval_accuracy``, the
+last evaluated one) written as a rows × columns table: ``table.csv`` for the first metric,
+``table_<metric>.csv`` for every one, and all of them in ``table.md`` (e.g. defences × attacks,
+or noise multipliers × with and without secure aggregation with ε, bytes and time)::
 
     grid:
       rows: {fedavg: {}, median: {strategy: {name: robust, rule: median}}}
       columns: {none: {attack: null}, sign_flip: {attack.kind: sign_flip}}
+      metrics: [eval_accuracy]
 
 ``fedray study FILE`` runs the variants one after another on one Ray instance, each into its
 normal run directory ``<root>/<name>/<variant>/``, then writes ``study.parquet`` (every variant's
@@ -58,6 +61,7 @@ class GridSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rows: dict[str, dict[str, Any]] = Field(min_length=1)
     columns: dict[str, dict[str, Any]] = Field(min_length=1)
+    metrics: list[str] = Field(default=["eval_accuracy"], min_length=1)
 
     def variants(self) -> dict[str, dict[str, Any]]:
         """``<row>-<column>`` → the row's overrides, then the column's."""
@@ -106,6 +110,15 @@ def load_study(path: str | Path) -> StudySpec:
         raise ConfigError(f"study file {str(path)!r}: give at least one variant or a grid")
     if not spec.base.is_absolute():
         spec.base = path.parent / spec.base
+    if spec.grid is not None:
+        from fedray.results.schema import ROUNDS_SCHEMA
+
+        for metric in spec.grid.metrics:
+            if metric not in ROUNDS_SCHEMA.names and not metric.startswith("eval_"):
+                raise ConfigError(
+                    f"study file {str(path)!r}: grid metric {metric!r} is not a column of "
+                    "rounds.parquet; use e.g. eval_accuracy, dp_epsilon, cum_bytes_up, sim_time_s"
+                )
     for x in spec.plots.x:
         if x not in _X_LABELS:
             raise ConfigError(f"study plots.x {x!r} is not one of {', '.join(_X_LABELS)}")
@@ -156,19 +169,30 @@ def run_study(
             study_dir / "time_to_target.csv", index=False
         )
     if spec.grid is not None:
-        grid = grid_table(table, spec.grid)
-        grid.to_csv(study_dir / "table.csv")
-        (study_dir / "table.md").write_text(markdown_table(grid) + "\n")
+        sections = []
+        for i, metric in enumerate(spec.grid.metrics):
+            grid = grid_table(table, spec.grid, metric)
+            grid.to_csv(study_dir / f"table_{metric}.csv")
+            if i == 0:
+                grid.to_csv(study_dir / "table.csv")
+            sections.append(f"**{metric}** (final)\n\n{markdown_table(grid)}\n")
+        (study_dir / "table.md").write_text("\n".join(sections))
     _plot(table, spec.plots, study_dir, spec.target_accuracy)
     return study_dir
 
 
-def grid_table(table, grid: GridSpec):
-    """The final evaluated ``eval_accuracy`` of every grid variant, rows × columns."""
+def grid_table(table, grid: GridSpec, metric: str = "eval_accuracy"):
+    """The last non-null ``metric`` of every grid variant (for ``eval_*``, the last evaluated
+    round's), rows × columns; empty cells where a variant never recorded it."""
     import pandas as pd
 
+    if metric not in table.columns:
+        raise ConfigError(
+            f"study grid metric {metric!r} is not a column of rounds.parquet; use one of "
+            "eval_accuracy, dp_epsilon, cum_bytes_up, sim_time_s, ..."
+        )
     final = {
-        variant: runs.eval_accuracy.dropna().iloc[-1] if runs.eval_accuracy.notna().any() else None
+        variant: runs[metric].dropna().iloc[-1] if runs[metric].notna().any() else None
         for variant, runs in table.groupby("variant", sort=False)
     }
     cells = {c: [final.get(f"{r}-{c}") for r in grid.rows] for c in grid.columns}
@@ -176,11 +200,11 @@ def grid_table(table, grid: GridSpec):
 
 
 def markdown_table(frame) -> str:
-    """A small frame as a Markdown table (3 decimals)."""
+    """A small frame as a Markdown table (4 significant digits)."""
     head = [frame.index.name or "", *map(str, frame.columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, row in frame.iterrows():
-        cells = ["" if v is None or v != v else f"{v:.3f}" for v in row]
+        cells = ["" if v is None or v != v else f"{v:.4g}" for v in row]
         lines.append("| " + " | ".join([str(name), *cells]) + " |")
     return "\n".join(lines)
 

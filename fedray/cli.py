@@ -261,6 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         if acc is not None
         else f"fedray: done -> {result.path}"
     )
+    clipped = result.rounds.get("secagg_clipped")
+    if clipped is not None and clipped.fillna(0).sum() > 0:
+        # silently changed sums would read as a result: say so where the user looks
+        print(
+            f"fedray: warning: secure aggregation clipped {int(clipped.sum())} uploads into "
+            "secure_aggregation.clip_range (a weight n_k or a weighted coordinate beyond it); "
+            "raise clip_range (per round: rounds.parquet secagg_clipped)",
+            file=sys.stderr,
+        )
     return 0
 
 

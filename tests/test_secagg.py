@@ -329,3 +329,22 @@ def test_with_privacy_the_accountant_is_dp_fedavgs(ray_session, small_config):
     assert not r.secagg_failed.any() and np.isfinite(r.eval_loss).all()
     # the noise differs (shares on the clients, not one draw on the server): so do the models
     assert not np.array_equal(final_params(masked), final_params(central))
+
+
+def test_the_cli_warns_when_clip_range_clipped_uploads(ray_session, small_config, tmp_path, capsys):
+    import yaml
+
+    from fedray.cli import main
+
+    # weights n_k of 10–400 samples cannot fit a clip_range of 5: the sums change, say so
+    small_config.update(rounds=1, secure_aggregation={"clip_range": 5.0})
+    path = tmp_path / "clipped.yaml"
+    path.write_text(yaml.safe_dump(small_config))
+    assert main(["run", str(path), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: secure aggregation clipped" in err and "raise clip_range" in err
+    wide = {**small_config, "secure_aggregation": {"clip_range": 1000.0}}
+    wide["output"] = {**small_config["output"], "name": "wide"}
+    path.write_text(yaml.safe_dump(wide))
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err

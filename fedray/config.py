@@ -510,7 +510,10 @@ class HfModelConfig(_Model):
     path: str | None = None
     config: HfArchitectureConfig | None = None
     # vocabulary of the BPE tokenizer trained on the federation's own train text (config only)
-    vocab_size: int = Field(default=512, ge=300, le=1_000_000)
+    vocab_size: int = Field(default=1024, ge=300, le=1_000_000)
+    # Adam steps of central causal-LM pre-training of a config-built base on a public world's
+    # product text (titles, descriptions) before federated LoRA fine-tuning (0: random base)
+    pretrain_steps: int = Field(default=0, ge=0, le=100000)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -518,6 +521,11 @@ class HfModelConfig(_Model):
             raise ValueError(
                 "set exactly one of model.path (a local save_pretrained directory) or "
                 "model.config (architecture, hidden_size, num_layers, num_heads)"
+            )
+        if self.path is not None and self.pretrain_steps:
+            raise ValueError(
+                "model.pretrain_steps pre-trains a model built from model.config; a model.path "
+                "checkpoint is already trained: remove pretrain_steps"
             )
         return self
 

@@ -38,9 +38,10 @@ import torch.nn.functional as F
 
 from fedray import seeding
 from fedray.errors import UserError
-from fedray.training import TrainStats, local_sgd
-from fedray.workloads.ecommerce import qa_data
-from fedray.workloads.ecommerce.task import TextTask, load_world
+from fedray.training import local_sgd
+from fedray.workloads.ecommerce import pretrain, qa_data
+from fedray.workloads.ecommerce.task import TextTask, load_world, world_params
+from fedray.workloads.ecommerce.world import load_or_generate
 
 IGNORE = -100
 _EVAL_CHUNK = 64  # examples per forward pass when scoring (logits are [chunk, vocab, length])
@@ -184,11 +185,26 @@ class _Base:
             self.active = adapter
 
 
-def _base(cfg, tokens: Tokens, seed: int, key: str) -> _Base:
+def _base(cfg, tokens: Tokens, seed: int, key: str, pretrained=None) -> _Base:
     base = _BASES.get(key)
     if base is None:
-        base = _BASES[key] = _Base(_load_model(cfg.model, tokens, seed), cfg.lora, seed)
+        model = _load_model(cfg.model, tokens, seed)
+        if pretrained is not None:
+            model.load_state_dict(pretrained())
+        base = _BASES[key] = _Base(model, cfg.lora, seed)
     return base
+
+
+class _Full(torch.nn.Module):
+    """A whole causal LM with the ``forward(ids) -> [batch, vocab, length]`` of :class:`LoraLM`,
+    for central pre-training (:func:`.pretrain.pretrained_state`)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.lm = model.requires_grad_(True)
+
+    def forward(self, ids):
+        return self.lm(input_ids=ids).logits.transpose(1, 2)
 
 
 def _load_model(model_cfg, tokens: Tokens, seed: int):
@@ -356,7 +372,27 @@ class EcomQaLora(TextTask):
     # ------------------------------------------------------------------ model
 
     def build_model(self) -> LoraLM:
-        return LoraLM(_base(self.cfg, self.tokens, self.seed, self._key), self.cfg.lora.ffa)
+        pretrained = self._pretrained_state if self.cfg.model.pretrain_steps else None
+        base = _base(self.cfg, self.tokens, self.seed, self._key, pretrained)
+        return LoraLM(base, self.cfg.lora.ffa)
+
+    def _pretrained_state(self) -> dict[str, torch.Tensor]:
+        """The config-built base after ``pretrain_steps`` Adam steps of causal-LM training on a
+        public world's titles and descriptions (a second world from a derived seed: same
+        lexicon, other brands, products and platform styles; :mod:`.pretrain`), cached."""
+        cfg = self.cfg
+        params = pretrain.public_world_params(world_params(cfg.world, self.seed))
+        world = load_or_generate(params, cfg.world.cache_dir)
+        docs = [" ".join(w for w, _ in t) for t in world.titles] + list(world.descriptions)
+        x, y = encode_examples(self.tokens, [""] * len(docs), docs, cfg.max_len)
+        seed = seeding.purpose_code("hf.base") ^ self.seed
+        key = {"world": params.key(), "base": self._key, "steps": cfg.model.pretrain_steps,
+               "train": [pretrain.BATCH_SIZE, pretrain.LR]}  # fmt: skip
+        state = pretrain.pretrained_state(
+            lambda: _Full(_load_model(cfg.model, self.tokens, self.seed)),
+            x, y, cfg.model.pretrain_steps, seed, key, cfg.world.cache_dir,
+        )  # fmt: skip
+        return {k.removeprefix("lm."): v for k, v in state.items()}
 
     def local_train(self, model, data, *, epochs, lr, batch_size, mu, rng, correction=None):
         model.activate()
@@ -393,7 +429,9 @@ class EcomQaLora(TextTask):
             return {"loss": nan, "accuracy": nan, "perplexity": nan, "exact_match": nan,
                     "token_f1": nan}  # fmt: skip
         loss = nll / tokens
-        em, f1 = self.decode_scores(model, x[: self.cfg.decode_examples], y[: self.cfg.decode_examples])
+        em, f1 = self.decode_scores(
+            model, x[: self.cfg.decode_examples], y[: self.cfg.decode_examples]
+        )
         return {
             "loss": loss,
             "accuracy": correct / tokens,

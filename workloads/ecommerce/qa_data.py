@@ -22,7 +22,12 @@ from fedray.workloads.ecommerce import lexicon as lx
 from fedray.workloads.ecommerce.world import World
 
 QUESTION_KINDS = ("material", "size", "maker", "color")
-_KIND_OF = {"What material": "material", "Which size": "size", "Who makes": "maker", "Is it": "color"}
+_KIND_OF = {
+    "What material": "material",
+    "Which size": "size",
+    "Who makes": "maker",
+    "Is it": "color",
+}
 QA_INSTRUCTION = "Answer the shopper's question about this listing."
 INTENT_INSTRUCTION = "Name the intent of this customer-service message."
 
@@ -84,7 +89,9 @@ def read_jsonl(path: str | Path, min_examples: int = 2) -> InstructionSet:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read the instruction file ({err}); check the path") from None
+        raise UserError(
+            f"{path}: cannot read the instruction file ({err}); check the path"
+        ) from None
     prompts, answers, clients, numbers = [], [], [], []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -93,12 +100,16 @@ def read_jsonl(path: str | Path, min_examples: int = 2) -> InstructionSet:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UserError(f"{where}: not valid JSON ({err.msg}); write one JSON object per line") from None
+            raise UserError(
+                f"{where}: not valid JSON ({err.msg}); write one JSON object per line"
+            ) from None
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected a JSON object with instruction and output")
         for key in ("instruction", "output"):
             if not isinstance(row.get(key), str) or not row[key].strip():
-                raise UserError(f"{where}: {key!r} must be a non-empty string; fill it or remove the line")
+                raise UserError(
+                    f"{where}: {key!r} must be a non-empty string; fill it or remove the line"
+                )
         extra = row.get("input", "")
         if not isinstance(extra, str):
             raise UserError(f"{where}: 'input' must be a string (or left out)")
@@ -110,7 +121,9 @@ def read_jsonl(path: str | Path, min_examples: int = 2) -> InstructionSet:
         clients.append(client)
         numbers.append(number)
     if len(prompts) < min_examples:
-        raise UserError(f"{path}: {len(prompts)} instruction rows; a federation needs at least {min_examples}")
+        raise UserError(
+            f"{path}: {len(prompts)} instruction rows; a federation needs at least {min_examples}"
+        )
     present = [c is not None for c in clients]
     if any(present) and not all(present):
         first = present.index(not present[0])

@@ -194,3 +194,40 @@ def test_alpaca_jsonl_loader_and_the_line_a_bad_row_is_on(tmp_path):
     write_jsonl(path, [*good[:3], {"instruction": "x", "output": "y"}])
     with pytest.raises(UserError, match=r"line 4 has no client unlike line 1"):
         qa_data.read_jsonl(path)
+
+
+def test_a_local_gpt2_directory_is_a_base(tmp_path):
+    """``model.path``: a save_pretrained GPT-2 (Conv1D layers) and its tokenizer, offline."""
+    from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedTokenizerFast
+
+    raw = qa_config(tmp_path)
+    task = task_of(raw)
+    tok = hf_lm.Tokens.trained(task.corpus.prompts + task.corpus.answers, 300)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok.backend, eos_token="</s>", pad_token="<pad>"
+    )
+    model = AutoModelForCausalLM.from_config(
+        GPT2Config(vocab_size=tok.size, n_embd=32, n_layer=1, n_head=2, n_positions=128)
+    )
+    directory = tmp_path / "gpt2-local"
+    model.save_pretrained(directory)
+    fast.save_pretrained(directory)
+    raw["workload"]["model"] = {"path": str(directory)}
+    raw["workload"]["lora"] = {"r": 2, "alpha": 4, "target_modules": ["c_attn"]}
+    task = task_of(raw)
+    lm = task.build_model()
+    assert sum(p.numel() for p in lm.parameters()) == 2 * (32 + 3 * 32)  # r·(in + out), 1 layer
+    before = flat_params(lm)
+    task.local_train(
+        lm,
+        task.client_data(0),
+        epochs=1,
+        lr=0.5,
+        batch_size=8,
+        mu=0.0,
+        rng=np.random.default_rng(0),
+    )
+    assert not np.array_equal(before, flat_params(lm))
+    raw["workload"]["model"] = {"path": str(tmp_path / "missing")}
+    with pytest.raises(UserError, match="holds no readable tokenizer"):
+        task_of(raw)

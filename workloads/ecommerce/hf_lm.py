@@ -54,9 +54,10 @@ _SPECIALS = ("<pad>", "<s>", "</s>")
 class Tokens:
     """The little a workload needs of a tokenizer: ids of text, text of ids, pad/bos/eos ids."""
 
-    def __init__(self, encode, decode, size: int, pad: int, eos: int, bos: int | None):
+    def __init__(self, encode, decode, size: int, pad: int, eos: int, bos: int | None, backend):
         self.encode, self.decode = encode, decode
         self.size, self.pad, self.eos, self.bos = size, pad, eos, bos
+        self.backend = backend  # the tokenizers.Tokenizer / transformers tokenizer itself
 
     @classmethod
     def trained(cls, texts: list[str], vocab_size: int) -> Tokens:
@@ -82,6 +83,7 @@ class Tokens:
             pad,
             eos,
             bos,
+            tok,
         )
 
     @classmethod
@@ -107,6 +109,7 @@ class Tokens:
             pad,
             tok.eos_token_id,
             tok.bos_token_id,
+            tok,
         )
 
 
@@ -161,6 +164,8 @@ class _Base:
             lora_dropout=cfg.dropout,
             target_modules=list(cfg.target_modules) if cfg.target_modules else None,
             bias="none",
+            # GPT-2's Conv1D stores weights transposed
+            fan_in_fan_out=getattr(self.model.config, "model_type", None) == "gpt2",
         )
         with torch.random.fork_rng(devices=[]):
             if self.peft is None:

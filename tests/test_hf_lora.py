@@ -150,6 +150,10 @@ def test_only_adapters_travel_and_tables_match_on_one_and_two_workers(ray_sessio
     assert len(done) and (done["bytes_up"] == size).all() and (done["bytes_down"] == size).all()
     for name in ("eval_perplexity", "eval_exact_match", "eval_token_f1"):
         assert one.rounds[name].notna().all()
+    # forward + backward FLOPs of one example, measured once (torch.utils.flop_counter)
+    flops = json.loads((one.path / "summary.json").read_text())["train_flops_per_sample"]
+    forward_matmuls = 2 * 48 * (32 * 32 * 4 + 3 * 32 * 128 + 32 * 300)  # 1 layer + head, 48 tokens
+    assert forward_matmuls < flops < 4 * forward_matmuls
 
     # FFA-LoRA with an fp16 uplink: B alone, at 2 bytes a value
     raw = qa_config(tmp_path, "ffa", lora={"ffa": True})

@@ -417,6 +417,12 @@ class EcomQaLora(TextTask):
                 correction=correction,
             )
 
+    def train_flops_per_sample(self) -> float:
+        """Measured with ``torch.utils.flop_counter`` on a batch of client 0's train examples
+        (full ``max_len`` rows: padding is computed too)."""
+        x = self.client_data(0).x_train[:4]
+        return train_flops_per_sample(self.build_model(), x)
+
     # ------------------------------------------------------------------ evaluation
 
     @torch.no_grad()

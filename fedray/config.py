@@ -542,8 +542,8 @@ class LoraOptions(_Model):
 
 
 class EcomQaLoraConfig(_EcomTaskConfig):
-    """Federated LoRA instruction tuning of a transformers causal LM through peft (product QA and
-    customer-service intents per platform, or an Alpaca-style JSONL); perplexity, EM, token F1."""
+    """LoRA instruction tuning of a transformers causal LM via peft (QA, intents or a JSONL;
+    perplexity, exact match, token F1)."""
 
     name: Literal["ecom_qa_lora"]
     model: HfModelConfig = HfModelConfig(config=HfArchitectureConfig())

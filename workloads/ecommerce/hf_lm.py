@@ -128,7 +128,8 @@ def encode_examples(
     x = np.full((n, max_len), tokens.pad, np.int64)
     y = np.full((n, max_len), IGNORE, np.int64)
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        head = ([tokens.bos] if tokens.bos is not None else []) + tokens.encode(p)
+        # a tokenizer without bos (GPT-2) opens with eos, as GPT-2 separates documents
+        head = [tokens.eos if tokens.bos is None else tokens.bos] + tokens.encode(p)
         tail = tokens.encode(a)[: max_len - 1] + [tokens.eos]
         room = max_len + 1 - len(tail)
         ids = head[-room:] + tail
@@ -440,9 +441,10 @@ class EcomQaLora(TextTask):
             return {"loss": nan, "accuracy": nan, "perplexity": nan, "exact_match": nan,
                     "token_f1": nan}  # fmt: skip
         loss = nll / tokens
-        em, f1 = self.decode_scores(
-            model, x[: self.cfg.decode_examples], y[: self.cfg.decode_examples]
-        )
+        # evenly spread over the stacked split, so every eval client's prompts are decoded
+        pick = np.unique(np.linspace(0, len(x) - 1, min(self.cfg.decode_examples, len(x))).round())
+        pick = torch.from_numpy(pick.astype(np.int64))
+        em, f1 = self.decode_scores(model, x[pick], y[pick])
         return {
             "loss": loss,
             "accuracy": correct / tokens,

@@ -235,3 +235,24 @@ def test_a_local_gpt2_directory_is_a_base(tmp_path):
     raw["workload"]["model"] = {"path": str(tmp_path / "missing")}
     with pytest.raises(UserError, match="holds no readable tokenizer"):
         task_of(raw)
+
+
+def test_the_bpe_tokenizer_is_the_same_in_another_process(tmp_path):
+    """Every actor trains its own tokenizer from the same text: it must get the same merges."""
+    import os
+    import subprocess
+    import sys
+
+    texts = [f"Is it available in {c} ? Yes , this listing is {c} ." for c in ("red", "navy")] * 20
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    script = (
+        "import json, sys; from fedray.workloads.ecommerce.hf_lm import Tokens; "
+        "t = Tokens.trained(json.load(open(sys.argv[1])), 300); "
+        "print(json.dumps(t.backend.get_vocab(), sort_keys=True))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "texts.json")],
+        capture_output=True, text=True, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "true"},
+    )  # fmt: skip
+    here = hf_lm.Tokens.trained(texts, 300).backend.get_vocab()
+    assert json.loads(out.stdout) == here

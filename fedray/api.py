@@ -249,6 +249,9 @@ def run(
             cfg=cfg,
         )
         # The driver prepares its side while the actors import torch.
+        flops = workload.train_flops_per_sample()
+        if flops is not None:
+            summary["train_flops_per_sample"] = flops
         partition = workload.client_statistics()
         if partition is not None:
             run_dir.write_table(PARTITION_FILE, partition)

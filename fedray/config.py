@@ -483,6 +483,98 @@ class EcomLmConfig(_EcomTaskConfig):
         return self
 
 
+class HfArchitectureConfig(_Model):
+    """A randomly initialised transformers causal LM of a named architecture (offline: nothing
+    is downloaded). Its vocabulary is the locally trained BPE tokenizer's."""
+
+    architecture: Literal["llama", "gpt2"] = "llama"
+    hidden_size: int = Field(default=64, ge=8, le=16384)
+    num_layers: int = Field(default=2, ge=1, le=128)
+    num_heads: int = Field(default=4, ge=1, le=256)
+    intermediate_size: int | None = Field(default=None, ge=8, le=65536)  # default 4 × hidden
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.config.hidden_size={self.hidden_size} must be a multiple of "
+                f"num_heads={self.num_heads}"
+            )
+        return self
+
+
+class HfModelConfig(_Model):
+    """Where the base model comes from: ``path``, a local ``save_pretrained`` directory of any
+    causal LM (with its tokenizer), or ``config``, a random model built offline."""
+
+    path: str | None = None
+    config: HfArchitectureConfig | None = None
+    # vocabulary of the BPE tokenizer trained on the federation's own train text (config only)
+    vocab_size: int = Field(default=1024, ge=300, le=1_000_000)
+    # Adam steps of central causal-LM pre-training of a config-built base on a public world's
+    # product text (titles, descriptions) before federated LoRA fine-tuning (0: random base)
+    pretrain_steps: int = Field(default=0, ge=0, le=100000)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.config is None):
+            raise ValueError(
+                "set exactly one of model.path (a local save_pretrained directory) or "
+                "model.config (architecture, hidden_size, num_layers, num_heads)"
+            )
+        if self.path is not None and self.pretrain_steps:
+            raise ValueError(
+                "model.pretrain_steps pre-trains a model built from model.config; a model.path "
+                "checkpoint is already trained: remove pretrain_steps"
+            )
+        return self
+
+
+class LoraOptions(_Model):
+    """peft ``LoraConfig`` keys. ``ffa``: FFA-LoRA (Sun et al. 2024), A frozen at its seeded
+    initialisation on every client, only B trained, sent and averaged."""
+
+    r: int = Field(default=8, ge=1, le=4096)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | None = None  # None: peft's default for the architecture
+    ffa: bool = False
+
+
+class EcomQaLoraConfig(_EcomTaskConfig):
+    """LoRA instruction tuning of a transformers causal LM via peft (QA, intents or a JSONL;
+    perplexity, exact match, token F1)."""
+
+    name: Literal["ecom_qa_lora"]
+    model: HfModelConfig = HfModelConfig(config=HfArchitectureConfig())
+    lora: LoraOptions = LoraOptions()
+    # which instruction examples the generated world contributes
+    tasks: list[Literal["qa", "intent"]] = ["qa", "intent"]
+    max_len: int = Field(default=96, ge=8, le=8192)  # tokens of prompt + answer
+    decode_examples: int = Field(default=32, ge=0, le=100000)  # greedy-decoded per evaluation
+    max_new_tokens: int = Field(default=24, ge=1, le=4096)
+    eval_clients: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _natural_needs_the_world(self):
+        # Replaces the text tasks' check: a JSONL file's `client` column is a natural partition.
+        p = self.partition
+        if not self.generated and p.scheme == "natural" and p.by != "platform":
+            raise ValueError(
+                "partition natural with a JSONL file means the file's client column; remove "
+                "partition.by, or use partition iid, dirichlet or powerlaw"
+            )
+        if not self.tasks:
+            raise ValueError("workload.tasks is empty; use [qa], [intent] or [qa, intent]")
+        return self
+
+    def check_num_clients(self, num_clients: int) -> None:
+        if not self.generated:
+            self._num_clients = num_clients  # checked against the file's client column
+            return
+        super().check_num_clients(num_clients)
+
+
 class EcomKgConfig(_EcomTaskConfig):
     """KG completion over the platforms' subgraphs, FedE (DistMult/ComplEx/TransE; filtered MRR,
     Hits@10). Entity embeddings are federated row by row; relation embeddings stay local."""
@@ -582,6 +674,7 @@ WORKLOAD_MODELS: dict[str, type[_Model]] = {
     "ecom_lm": EcomLmConfig,
     "ecom_kg": EcomKgConfig,
     "ecom_rec": EcomRecConfig,
+    "ecom_qa_lora": EcomQaLoraConfig,
 }
 
 
@@ -599,7 +692,8 @@ WorkloadConfig = Annotated[
     | EcomNerConfig
     | EcomLmConfig
     | EcomKgConfig
-    | EcomRecConfig,
+    | EcomRecConfig
+    | EcomQaLoraConfig,
     BeforeValidator(_default_workload_name),
     Field(discriminator="name"),
 ]
@@ -1473,6 +1567,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         candidate = path.parent / source
         if candidate.exists() or not Path(source).exists():
             cfg.workload.source = str(candidate)
+    model = getattr(cfg.workload, "model", None)
+    if getattr(model, "path", None) and not Path(model.path).is_absolute():
+        # so is a local model directory
+        candidate = path.parent / model.path
+        if candidate.exists() or not Path(model.path).exists():
+            model.path = str(candidate)
     cfg._source = path
     return cfg
 

@@ -166,6 +166,7 @@ def test_cli_lists_the_workloads(capsys):
         "ecom_lm",
         "ecom_kg",
         "ecom_rec",
+        "ecom_qa_lora",
     ]
     # each has a one-sentence description
     assert all(len(line.split(maxsplit=1)[1]) > 20 for line in lines)

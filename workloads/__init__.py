@@ -15,6 +15,7 @@ _REGISTRY = {
     "ecom_lm": ("fedray.workloads.ecommerce.lm", "EcomLM"),
     "ecom_kg": ("fedray.workloads.ecommerce.kg", "EcomKG"),
     "ecom_rec": ("fedray.workloads.ecommerce.rec", "EcomRec"),
+    "ecom_qa_lora": ("fedray.workloads.ecommerce.hf_lm", "EcomQaLora"),
 }
 
 

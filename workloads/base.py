@@ -153,6 +153,11 @@ class Workload(ABC):
         parameters locally before scoring (e.g. fold-in of a user embedding)."""
         return self.evaluate(model, data.x_test, data.y_test)
 
+    def train_flops_per_sample(self) -> float | None:
+        """Forward + backward FLOPs of one training example, measured once (``summary.json``'s
+        ``train_flops_per_sample``); None where the workload does not measure it."""
+        return None
+
     def vectorizable(self) -> bool:
         """Whether ``local_train`` is exactly :func:`fedray.training.local_sgd` with the
         cross-entropy loss, so the engine may train blocks of clients batched

@@ -252,6 +252,7 @@ def run(
         flops = workload.train_flops_per_sample()
         if flops is not None:
             summary["train_flops_per_sample"] = flops
+        profiles.set_flops_per_sample(flops, cfg.workload.name)  # FLOP/s → samples/s
         partition = workload.client_statistics()
         if partition is not None:
             run_dir.write_table(PARTITION_FILE, partition)

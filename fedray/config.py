@@ -102,7 +102,10 @@ PROFILE_FIELDS = (
     *ENERGY_FIELDS,
     "timezone_h",
 )
-_POSITIVE = ("speed", "down_mbps", "up_mbps", "battery_j")
+# FLOP/s of local training: when given, a client's speed is flops / the workload's measured
+# training FLOPs per sample (fedray.clients.profiles), so it is drawn but not a Profiles column.
+DRAWN_FIELDS = (*PROFILE_FIELDS, "flops")
+_POSITIVE = ("speed", "down_mbps", "up_mbps", "battery_j", "flops")
 _NON_NEGATIVE = (
     "latency_ms",
     "compute_j_per_sample",
@@ -127,12 +130,16 @@ class _ProfileFields(_Model):
     @classmethod
     def _numbers_are_constants(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            return {k: (_coerce_dist(v) if k in PROFILE_FIELDS else v) for k, v in data.items()}
+            return {k: (_coerce_dist(v) if k in DRAWN_FIELDS else v) for k, v in data.items()}
         return data
 
     @model_validator(mode="after")
     def _ranges(self):
-        for field in PROFILE_FIELDS:
+        if self.flops is not None and "speed" in self.model_fields_set:
+            raise ValueError(
+                "give a device's compute as speed (samples/s) or flops (FLOP/s), not both"
+            )
+        for field in DRAWN_FIELDS:
             d = getattr(self, field)
             if d is None:
                 continue
@@ -154,6 +161,7 @@ class Tier(_ProfileFields):
     name: str = ""
     weight: float = Field(gt=0)
     speed: Distribution | None = None
+    flops: Distribution | None = None
     down_mbps: Distribution | None = None
     up_mbps: Distribution | None = None
     latency_ms: Distribution | None = None
@@ -171,7 +179,9 @@ class Tier(_ProfileFields):
 class ProfileConfig(_ProfileFields):
     """Device profile of the population.
 
-    Units: ``speed`` samples/s of local training, ``down_mbps`` / ``up_mbps`` Mbit/s,
+    Units: ``speed`` samples/s of local training (or ``flops``, FLOP/s of local training, for
+    workloads that measure their training FLOPs per sample: speed is then flops / FLOPs per
+    sample, so one device profile fits models of any size), ``down_mbps`` / ``up_mbps`` Mbit/s,
     ``latency_ms`` milliseconds (one way, per transfer), ``dropout`` probability per task,
     ``availability`` probability that a client is online in a given round (or async dispatch).
 
@@ -184,6 +194,8 @@ class ProfileConfig(_ProfileFields):
     """
 
     speed: Distribution = Constant(value=100.0)
+    # FLOP/s instead of speed: speed = flops / the workload's training FLOPs per sample
+    flops: Distribution | None = None
     down_mbps: Distribution = Constant(value=20.0)
     up_mbps: Distribution = Constant(value=5.0)
     latency_ms: Distribution = Constant(value=50.0)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import fedray
+from fedray.clients.profiles import ProfileModel, _draw
 from fedray.compression.floats import Fp16Codec, NoneCodec
 from fedray.config import config_from_dict
 from fedray.errors import UserError
@@ -156,12 +157,19 @@ def test_only_adapters_travel_and_tables_match_on_one_and_two_workers(ray_sessio
     assert forward_matmuls < flops < 4 * forward_matmuls
 
     # FFA-LoRA with an fp16 uplink: B alone, at 2 bytes a value
+    # (its devices' compute given in FLOP/s: the cost model divides by the measured FLOPs)
     raw = qa_config(tmp_path, "ffa", lora={"ffa": True})
     raw["compression"] = {"uplink": "fp16"}
+    raw["clients"]["profile"] = {"flops": {"dist": "lognormal", "median": 2e9, "sigma": 0.5}}
     ffa = fedray.run(config_from_dict(raw), progress=False)
     done = ffa.clients[ffa.clients["status"] == "completed"]
     half = len(Fp16Codec().encode(np.zeros(n // 2, np.float32), (n // 2,)))
     assert len(done) and (done["bytes_up"] == half).all()
+    per_sample = json.loads((ffa.path / "summary.json").read_text())["train_flops_per_sample"]
+    profiles = ProfileModel(config_from_dict(raw).clients.profile, raw["seed"])
+    device_flops = _draw(profiles.cfg.flops, raw["seed"], "flops", done["client_id"].to_numpy())
+    expected = done["num_samples"] * done["local_epochs"] * per_sample / device_flops
+    np.testing.assert_allclose(done["compute_s"], expected, rtol=1e-12)
 
 
 def write_jsonl(path, rows):

@@ -153,3 +153,55 @@ def test_hundred_thousand_clients_cost_nothing_up_front():
     tracemalloc.stop()
     assert peak < 200_000  # no per-client arrays or objects are built at registration
     assert m.lookup(np.arange(100_000)).speed.nbytes == 800_000  # only what is looked up
+
+
+def test_compute_in_flops_is_divided_by_the_workloads_flops_per_sample(tmp_path):
+    # Prepare: phones in FLOP/s, desktops in FLOP/s, one legacy tier still in samples/s
+    cfg = config_from_dict(
+        {
+            "clients": {
+                "num_clients": 3000,
+                "profile": {
+                    "flops": 1e9,
+                    "tiers": [
+                        {"name": "phone", "weight": 1},
+                        {"name": "desktop", "weight": 1, "flops": 2e10},
+                        {"name": "legacy", "weight": 1, "speed": 7.0},
+                    ],
+                },
+            }
+        }
+    )
+    model = ProfileModel(cfg.clients.profile, 0)
+    ids = np.arange(3000)
+    with pytest.raises(RuntimeError, match="set_flops_per_sample"):
+        model.lookup(ids)  # never silently in the wrong unit
+
+    # Execute
+    model.set_flops_per_sample(5e6, "ecom_qa_lora")
+    speed, tier = model.lookup(ids).speed, model.tier_of(ids)
+
+    # Assert: samples/s = FLOP/s / FLOPs per sample, per tier
+    assert set(speed[tier == 0]) == {200.0}
+    assert set(speed[tier == 1]) == {4000.0}
+    assert set(speed[tier == 2]) == {7.0}
+
+    # a trace's flops column works the same; a workload that measures nothing is refused
+    trace = tmp_path / "devices.csv"
+    trace.write_text("flops,up_mbps\n1e9,2\n4e9,3\n")
+    traced = ProfileModel(config_from_dict({"clients": {"profile": {"trace": str(trace)}}})
+                          .clients.profile, 0)  # fmt: skip
+    traced.set_flops_per_sample(1e7, "x")
+    np.testing.assert_array_equal(traced.lookup([0, 1, 2]).speed, [100.0, 400.0, 100.0])
+    with pytest.raises(UserError, match="does not measure its training FLOPs per sample"):
+        ProfileModel(cfg.clients.profile, 0).set_flops_per_sample(None, "synthetic")
+    ProfileModel(config_from_dict({}).clients.profile, 0).set_flops_per_sample(None, "synthetic")
+
+
+def test_speed_and_flops_together_are_refused():
+    from fedray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="speed \\(samples/s\\) or flops \\(FLOP/s\\), not both"):
+        config_from_dict({"clients": {"profile": {"speed": 10, "flops": 1e9}}})
+    with pytest.raises(ConfigError, match="flops must be > 0"):
+        config_from_dict({"clients": {"profile": {"flops": 0}}})

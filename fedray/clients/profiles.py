@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from fedray import seeding
-from fedray.config import PROFILE_FIELDS, Constant, LogNormal, ProfileConfig, Uniform
+from fedray.config import (
+    DRAWN_FIELDS,
+    PROFILE_FIELDS,
+    Constant,
+    LogNormal,
+    ProfileConfig,
+    Uniform,
+)
 from fedray.errors import UserError, one_line
 from fedray.userfiles import MAX_FLOAT, read_text, require_file, short_repr
 
@@ -69,6 +76,30 @@ class ProfileModel:
         if cfg.tiers:
             weights = np.array([t.weight for t in cfg.tiers], dtype=np.float64)
             self._tier_cdf = np.cumsum(weights / weights.sum())
+        # training FLOPs per sample, for profiles given in FLOP/s (set by set_flops_per_sample)
+        self.flops_per_sample: float | None = None
+
+    @property
+    def uses_flops(self) -> bool:
+        """Whether some client's compute is given in FLOP/s (profile, a tier or the trace)."""
+        tiers = self.cfg.tiers or ()
+        return (
+            (self.trace is not None and "flops" in self.trace)
+            or self.cfg.flops is not None
+            or any(t.flops is not None for t in tiers)
+        )
+
+    def set_flops_per_sample(self, flops_per_sample: float | None, workload: str) -> None:
+        """The workload's measured training FLOPs per sample (``summary.json``), which turns
+        FLOP/s into samples/s; a one-line error when the profile needs it and there is none."""
+        if not self.uses_flops:
+            return
+        if flops_per_sample is None or not flops_per_sample > 0:
+            raise UserError(
+                f"clients.profile gives compute in flops (FLOP/s), but workload {workload} does "
+                "not measure its training FLOPs per sample; give speed (samples/s) instead"
+            )
+        self.flops_per_sample = float(flops_per_sample)
 
     def lookup(self, client_ids) -> Profiles:
         ids = np.asarray(client_ids, dtype=np.int64)
@@ -88,6 +119,8 @@ class ProfileModel:
         return np.minimum(np.searchsorted(self._tier_cdf, u), len(self.cfg.tiers) - 1)
 
     def _field(self, field: str, ids: np.ndarray) -> np.ndarray:
+        if field == "speed" and self.uses_flops:
+            return self._speed_from_flops(ids)
         if self.trace is not None and field in self.trace:
             column = self.trace[field]
             return column[ids % len(column)]
@@ -103,11 +136,35 @@ class ProfileModel:
                 out[mask] = _draw(dist, self.seed, field, ids[mask])
         return out
 
+    def _speed_from_flops(self, ids: np.ndarray) -> np.ndarray:
+        """samples/s = FLOP/s / FLOPs per sample where a client's compute is given in FLOP/s
+        (its tier's, else the profile's), its drawn ``speed`` elsewhere."""
+        if self.flops_per_sample is None:
+            raise RuntimeError("profiles in FLOP/s need set_flops_per_sample() before lookups")
+        if self.trace is not None and "flops" in self.trace:
+            column = self.trace["flops"]
+            return column[ids % len(column)] / self.flops_per_sample
+        cfg, out = self.cfg, np.empty(ids.shape, dtype=np.float64)
+        tiers = self.tier_of(ids)
+        for index, tier in enumerate(cfg.tiers or (None,)):
+            mask = tiers == index
+            if not mask.any():
+                continue
+            flops = (tier.flops if tier is not None else None) or cfg.flops
+            # a tier's own speed wins over the profile's flops
+            if flops is not None and (tier is None or tier.speed is None):
+                out[mask] = _draw(flops, self.seed, "flops", ids[mask]) / self.flops_per_sample
+            else:
+                speed = (tier.speed if tier is not None else None) or cfg.speed
+                out[mask] = _draw(speed, self.seed, "speed", ids[mask])
+        return out
+
 
 TRACE_FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 # What each field accepts, for the messages (the ranges the config's distributions have too).
 _RANGES = {
     "speed": ("> 0", "samples/s"),
+    "flops": ("> 0", "FLOP/s"),
     "down_mbps": ("> 0", "Mbit/s"),
     "up_mbps": ("> 0", "Mbit/s"),
     "latency_ms": (">= 0", "ms"),
@@ -136,20 +193,22 @@ def load_trace(path: Path) -> dict[str, np.ndarray]:
     fix = "set clients.profile.trace to a CSV or Parquet file (see the README for its columns)"
     require_file(path, where, fix)
     columns, line_of = read_columns(path, where, fix)
-    unknown = [c for c in columns if c not in PROFILE_FIELDS and c != "client_id"]
+    unknown = [c for c in columns if c not in DRAWN_FIELDS and c != "client_id"]
     if unknown:
         raise UserError(
             f"{where} has unknown column(s) {short_repr(unknown)}; accepted: client_id, "
-            f"{', '.join(PROFILE_FIELDS)}"
+            f"{', '.join(DRAWN_FIELDS)}"
         )
+    if "speed" in columns and "flops" in columns:
+        raise UserError(f"{where} has both speed and flops columns; keep one")
     rows = len(next(iter(columns.values()))) if columns else 0
     if rows == 0:
         raise UserError(f"{where} has no rows; add one row per client under a header")
-    if not any(f in columns for f in PROFILE_FIELDS):
+    if not any(f in columns for f in DRAWN_FIELDS):
         raise UserError(
-            f"{where} has no profile column; give at least one of {', '.join(PROFILE_FIELDS)}"
+            f"{where} has no profile column; give at least one of {', '.join(DRAWN_FIELDS)}"
         )
-    trace = {f: _field(columns[f], f, where, line_of) for f in PROFILE_FIELDS if f in columns}
+    trace = {f: _field(columns[f], f, where, line_of) for f in DRAWN_FIELDS if f in columns}
     if "client_id" in columns:
         order = _client_order(columns["client_id"], where, line_of)
         trace = {f: values[order] for f, values in trace.items()}
@@ -261,7 +320,7 @@ def _field(raw: np.ndarray, field: str, where: str, line_of: Callable) -> np.nda
     values = _numeric(raw)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values) | (np.abs(values) > MAX_FLOAT)
-        if field in ("speed", "down_mbps", "up_mbps", "battery_j"):
+        if field in ("speed", "down_mbps", "up_mbps", "battery_j", "flops"):
             bad |= values <= 0
         elif field == "timezone_h":
             bad |= np.abs(values) > 24

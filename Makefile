@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-flower-env bench-flower clean
 
 install: $(STAMP)
 
@@ -29,6 +29,20 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_vs_loop.py
+
+# Flower for benchmarks/bench_vs_flower.py only (never a fedray dependency): flwr[simulation] 1.42
+# pins ray==2.55.1 and rich<15, which fedray's ray==2.60.0 and rich==15.0.0 exclude, so it gets a
+# venv of its own, with the same torch and numpy.
+FLOWER_VENV := .venv-flower
+bench-flower-env: $(FLOWER_VENV)/.installed
+
+$(FLOWER_VENV)/.installed: benchmarks/requirements-flower.txt
+	$(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-flower.txt
+	touch $@
+
+bench-flower: install bench-flower-env
+	$(BIN)/python benchmarks/bench_vs_flower.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -33,12 +33,15 @@ def child(spec_json: str) -> None:
     from pss_tree import TreeSampler
 
     import fedray
+    from fedray.api import keep_local_ray_on_loopback
     from fedray.config import config_from_dict
 
+    cfg = config_from_dict(json.loads(spec_json))
+    keep_local_ray_on_loopback(cfg)  # before the sampler's thread imports ray
     sampler = TreeSampler(os.getpid(), 0.2, pss=True)
     sampler.watch_ray()
     t0 = time.perf_counter()
-    result = fedray.run(config_from_dict(json.loads(spec_json)), progress=False)
+    result = fedray.run(cfg, progress=False)
     total = time.perf_counter() - t0
     memory = sampler.stop()
     rounds = result.rounds

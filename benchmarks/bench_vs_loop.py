@@ -177,7 +177,9 @@ def side_fedray(cfg, sample_interval: float) -> dict:
     from pss_tree import TreeSampler  # benchmarks/pss_tree.py, next to this script
 
     import fedray
+    from fedray.api import keep_local_ray_on_loopback
 
+    keep_local_ray_on_loopback(cfg)  # before anything imports ray, as fedray.run does
     memory_run = sample_interval > 0
     sampler = TreeSampler(os.getpid(), sample_interval if memory_run else 1.0, pss=memory_run)
     sampler.watch_ray()

@@ -150,17 +150,16 @@ def run_study(
         cfg.output.name = variant
         configs[variant] = cfg  # validate every variant before running any
 
-    from fedray.api import keep_local_ray_on_loopback, start_ray
+    from fedray.api import keep_local_ray_on_loopback, start_ray, stop_ray
 
     keep_local_ray_on_loopback(next(iter(configs.values())))
-    import ray
 
     owns_ray = start_ray(next(iter(configs.values())), verbose)  # one Ray for every variant
     try:
         frames = [_run_variant(variant, cfg, progress, verbose) for variant, cfg in configs.items()]
     finally:
         if owns_ray:
-            ray.shutdown()
+            stop_ray()
     study_dir = next(iter(configs.values())).output.root
     table = pd.concat(frames, ignore_index=True)
     table.to_parquet(study_dir / "study.parquet", index=False)

@@ -321,7 +321,7 @@ def run_sweep(
         # A failed or interrupted attempt is replaced, but only once the rerun succeeds.
         trial.cfg.output.overwrite = (sweep_dir / trial.name).exists()
 
-    from fedray.api import check_address, keep_local_ray_on_loopback, start_ray
+    from fedray.api import check_address, keep_local_ray_on_loopback, start_ray, stop_ray
 
     keep_local_ray_on_loopback(ray_cfg)
     import ray
@@ -342,7 +342,7 @@ def run_sweep(
                 bar.close()
     finally:
         if owns_ray:
-            ray.shutdown()
+            stop_ray()
         # Written even after an interrupt, so the table always reflects what is on disk.
         if sweep_dir.exists():
             table = write_summary(trials, sweep_dir, spec.target_accuracy, errors)

@@ -154,6 +154,22 @@ def _import_engine(workload: str) -> threading.Thread:
     return thread
 
 
+def check_memory_eligibility(cfg: Config, needed: int, too_small: int) -> None:
+    """Refuse what clients too small for the training footprint make impossible."""
+    n = cfg.clients.num_clients
+    if too_small == n:
+        raise UserError(
+            f"no client's memory_gb holds the workload's training footprint of "
+            f"{needed / 1e9:.3g} GB; raise clients.profile.memory_gb or shrink the model or "
+            "batch size"
+        )
+    if too_small and cfg.privacy is not None:
+        raise UserError(
+            f"{too_small} of {n} clients cannot hold the training footprint, but privacy "
+            "accounting assumes every client can be sampled; raise memory_gb or remove privacy"
+        )
+
+
 def _privacy_summary(cfg: Config, rounds: int) -> dict | None:
     """The run's DP-FedAvg guarantee after ``rounds`` rounds (None without ``privacy``)."""
     from fedray.privacy import Accountant
@@ -314,6 +330,12 @@ def run(
         if flops is not None:
             summary["train_flops_per_sample"] = flops
         profiles.set_flops_per_sample(flops, cfg.workload.name)  # FLOP/s → samples/s
+        if profiles.uses_memory:  # memory_gb: who can hold the training footprint at all
+            needed = workload.train_memory_bytes(cfg.client.batch_size)
+            profiles.set_training_memory(needed, cfg.workload.name)
+            too_small = profiles.count_ineligible(cfg.clients.num_clients)
+            summary.update(train_memory_bytes=needed, ineligible_clients=too_small)
+            check_memory_eligibility(cfg, needed, too_small)
         partition = workload.client_statistics()
         if partition is not None:
             run_dir.write_table(PARTITION_FILE, partition)

@@ -104,8 +104,10 @@ PROFILE_FIELDS = (
 )
 # FLOP/s of local training: when given, a client's speed is flops / the workload's measured
 # training FLOPs per sample (fedray.clients.profiles), so it is drawn but not a Profiles column.
-DRAWN_FIELDS = (*PROFILE_FIELDS, "flops")
-_POSITIVE = ("speed", "down_mbps", "up_mbps", "battery_j", "flops")
+# memory_gb: a device's memory for training; a client whose device cannot hold the workload's
+# measured training footprint is never selected (fedray.sim.conditions). Drawn, not a column.
+DRAWN_FIELDS = (*PROFILE_FIELDS, "flops", "memory_gb")
+_POSITIVE = ("speed", "down_mbps", "up_mbps", "battery_j", "flops", "memory_gb")
 _NON_NEGATIVE = (
     "latency_ms",
     "compute_j_per_sample",
@@ -162,6 +164,7 @@ class Tier(_ProfileFields):
     weight: float = Field(gt=0)
     speed: Distribution | None = None
     flops: Distribution | None = None
+    memory_gb: Distribution | None = None
     down_mbps: Distribution | None = None
     up_mbps: Distribution | None = None
     latency_ms: Distribution | None = None
@@ -196,6 +199,9 @@ class ProfileConfig(_ProfileFields):
     speed: Distribution = Constant(value=100.0)
     # FLOP/s instead of speed: speed = flops / the workload's training FLOPs per sample
     flops: Distribution | None = None
+    # GB (10⁹ bytes) for training; unlimited by default. Clients below the workload's measured
+    # training footprint are ineligible (never selected; counted in summary.json)
+    memory_gb: Distribution | None = None
     down_mbps: Distribution = Constant(value=20.0)
     up_mbps: Distribution = Constant(value=5.0)
     latency_ms: Distribution = Constant(value=50.0)

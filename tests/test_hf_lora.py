@@ -264,3 +264,42 @@ def test_the_bpe_tokenizer_is_the_same_in_another_process(tmp_path):
     )  # fmt: skip
     here = hf_lm.Tokens.trained(texts, 300).backend.get_vocab()
     assert json.loads(out.stdout) == here
+
+
+def test_devices_that_cannot_hold_the_training_footprint_are_never_selected(ray_session, tmp_path):
+    # Prepare: the footprint grows with the batch (activations) and exceeds the weights
+    raw = qa_config(tmp_path, "memory")
+    workload = make_workload(config_from_dict(raw).workload, raw["seed"])
+    small, large = workload.train_memory_bytes(2), workload.train_memory_bytes(8)
+    model = workload.build_model()
+    adapter = sum(p.numel() * 4 for p in model.parameters())
+    assert 2 * adapter < small < large
+    # phones with 1 kB can hold nothing; desktops with 1 GB everything
+    raw.update(rounds=3, clients_per_round=2)
+    raw["clients"] = {
+        "num_clients": 4,
+        "profile": {
+            "tiers": [
+                {"name": "phone", "weight": 1, "memory_gb": 1e-6},
+                {"name": "desktop", "weight": 1, "memory_gb": 1.0},
+            ]
+        },
+    }
+
+    # Execute
+    result = fedray.run(config_from_dict(raw), progress=False)
+
+    # Assert: only desktops ever train; the summary counts the phones it ruled out
+    profiles = ProfileModel(config_from_dict(raw).clients.profile, raw["seed"])
+    phones = set(np.flatnonzero(profiles.tier_of(np.arange(4)) == 0))
+    assert 0 < len(phones) < 4
+    assert not phones & set(result.clients["client_id"])
+    summary = json.loads((result.path / "summary.json").read_text())
+    assert summary["ineligible_clients"] == len(phones)
+    assert summary["train_memory_bytes"] == workload.train_memory_bytes(8)  # batch_size 8
+
+    # nobody fits: one line, before any round
+    raw["clients"]["profile"] = {"memory_gb": 1e-6}
+    raw["output"]["name"] = "none-fits"
+    with pytest.raises(UserError, match="no client's memory_gb holds the workload's training"):
+        fedray.run(config_from_dict(raw), progress=False)

@@ -205,3 +205,28 @@ def test_speed_and_flops_together_are_refused():
         config_from_dict({"clients": {"profile": {"speed": 10, "flops": 1e9}}})
     with pytest.raises(ConfigError, match="flops must be > 0"):
         config_from_dict({"clients": {"profile": {"flops": 0}}})
+
+
+def test_memory_decides_who_fits_and_counts_the_rest():
+    cfg = config_from_dict(
+        {
+            "clients": {
+                "num_clients": 5000,
+                "profile": {
+                    "tiers": [
+                        {"name": "phone", "weight": 3, "memory_gb": 4},
+                        {"name": "desktop", "weight": 1},  # no memory_gb: unlimited
+                    ]
+                },
+            }
+        }
+    )
+    model = ProfileModel(cfg.clients.profile, 0)
+    assert model.uses_memory and model.fits(np.arange(10)).all()  # nothing measured yet
+    model.set_training_memory(5 * 10**9, "ecom_qa_lora")
+    ids = np.arange(5000)
+    fits, tier = model.fits(ids), model.tier_of(ids)
+    assert not fits[tier == 0].any() and fits[tier == 1].all()
+    assert model.count_ineligible(5000, chunk=777) == int((tier == 0).sum())
+    with pytest.raises(UserError, match="does not measure its training memory"):
+        ProfileModel(cfg.clients.profile, 0).set_training_memory(None, "synthetic")

@@ -158,6 +158,13 @@ class Workload(ABC):
         ``train_flops_per_sample``); None where the workload does not measure it."""
         return None
 
+    def train_memory_bytes(self, batch_size: int) -> int | None:
+        """Bytes a device needs to train one client at ``batch_size`` — weights, trainable
+        parameters' gradients and the activations kept for the backward pass — measured once
+        (``summary.json``'s ``train_memory_bytes``; devices with less ``memory_gb`` are
+        ineligible); None where the workload does not measure it."""
+        return None
+
     def vectorizable(self) -> bool:
         """Whether ``local_train`` is exactly :func:`fedray.training.local_sgd` with the
         cross-entropy loss, so the engine may train blocks of clients batched

@@ -54,8 +54,13 @@ class Profiles:
     timezone_h: np.ndarray
 
 
+_UNLIMITED = object()  # memory_gb not given: no device is too small
+
+
 def _draw(dist, seed: int, field: str, ids: np.ndarray) -> np.ndarray:
     purpose = f"profile.{field}"
+    if dist is _UNLIMITED:
+        return np.full(ids.shape, np.inf)
     if isinstance(dist, Constant):
         return np.full(ids.shape, float(dist.value))
     if isinstance(dist, Uniform):
@@ -78,6 +83,50 @@ class ProfileModel:
             self._tier_cdf = np.cumsum(weights / weights.sum())
         # training FLOPs per sample, for profiles given in FLOP/s (set by set_flops_per_sample)
         self.flops_per_sample: float | None = None
+        # the workload's training footprint in bytes, for memory_gb (set_training_memory)
+        self.training_memory: int | None = None
+
+    def _given(self, field: str) -> bool:
+        """Whether ``field`` is given anywhere: the profile, a tier or the trace."""
+        return (
+            (self.trace is not None and field in self.trace)
+            or getattr(self.cfg, field) is not None
+            or any(getattr(t, field) is not None for t in self.cfg.tiers or ())
+        )
+
+    @property
+    def uses_memory(self) -> bool:
+        return self._given("memory_gb")
+
+    def set_training_memory(self, num_bytes: int | None, workload: str) -> None:
+        """The workload's measured training footprint, against which ``memory_gb`` decides who
+        is eligible; a one-line error when the profile needs it and there is none."""
+        if not self.uses_memory:
+            return
+        if num_bytes is None or not num_bytes > 0:
+            raise UserError(
+                f"clients.profile gives memory_gb, but workload {workload} does not measure its "
+                "training memory; remove memory_gb"
+            )
+        self.training_memory = int(num_bytes)
+
+    def fits(self, client_ids) -> np.ndarray:
+        """Per client, whether its device holds the training footprint (all True without
+        ``memory_gb``)."""
+        ids = np.asarray(client_ids, dtype=np.int64)
+        if self.training_memory is None:
+            return np.ones(ids.shape, dtype=bool)
+        return self.column("memory_gb", ids) * 1e9 >= self.training_memory
+
+    def count_ineligible(self, num_clients: int, chunk: int = 1_000_000) -> int:
+        """How many of the N registered clients cannot hold the training footprint (chunked:
+        profiles are drawn, never stored)."""
+        if self.training_memory is None:
+            return 0
+        return sum(
+            int((~self.fits(np.arange(lo, min(lo + chunk, num_clients)))).sum())
+            for lo in range(0, num_clients, chunk)
+        )
 
     @property
     def uses_flops(self) -> bool:
@@ -125,6 +174,8 @@ class ProfileModel:
             column = self.trace[field]
             return column[ids % len(column)]
         base = getattr(self.cfg, field)
+        if field == "memory_gb" and base is None:
+            base = _UNLIMITED  # unless a tier says otherwise
         if not self.cfg.tiers:
             return _draw(base, self.seed, field, ids)
         tiers = self.tier_of(ids)
@@ -165,6 +216,7 @@ TRACE_FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "pa
 _RANGES = {
     "speed": ("> 0", "samples/s"),
     "flops": ("> 0", "FLOP/s"),
+    "memory_gb": ("> 0", "GB"),
     "down_mbps": ("> 0", "Mbit/s"),
     "up_mbps": ("> 0", "Mbit/s"),
     "latency_ms": (">= 0", "ms"),
@@ -320,7 +372,7 @@ def _field(raw: np.ndarray, field: str, where: str, line_of: Callable) -> np.nda
     values = _numeric(raw)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values) | (np.abs(values) > MAX_FLOAT)
-        if field in ("speed", "down_mbps", "up_mbps", "battery_j", "flops"):
+        if field in ("speed", "down_mbps", "up_mbps", "battery_j", "flops", "memory_gb"):
             bad |= values <= 0
         elif field == "timezone_h":
             bad |= np.abs(values) > 24

@@ -5,8 +5,9 @@ energy (``clients.availability``, ``clients.battery``, ``clients.selection``, th
 Both drivers ask the same three things, each a pure function of the config, the seed, virtual
 time and the client-state store, so runs stay identical for any number of workers:
 
-* :meth:`Conditions.eligible` — who may be selected at virtual time t: online by the availability
-  model, battery allowing, and next task within ``max_task_energy_j``;
+* :meth:`Conditions.eligible` — who may be selected at virtual time t: a device that holds the
+  workload's training footprint (``memory_gb``), online by the availability model, battery
+  allowing, and next task within ``max_task_energy_j``;
 * :meth:`Conditions.limit` — for the cost model (:func:`fedray.sim.round_plan.plan_round`): the
   instant a dispatched client would go offline or empty its battery;
 * :meth:`Conditions.settle` — after planning: each task's energy and its battery's new level.
@@ -72,10 +73,13 @@ class Conditions:
         )
         self.max_task_j = clients.selection.max_task_energy_j
         self.prefer = clients.selection.prefer_low_energy
+        # devices too small for the workload's training footprint (memory_gb) never take part
+        self.memory = profiles if profiles.training_memory is not None else None
         # with these, a moment when nobody may take part passes: the server waits
         self.waits = self.availability is not None or self.batteries is not None
         self.active = any(
-            x is not None for x in (self.availability, self.batteries, self.max_task_j, self.prefer)
+            x is not None
+            for x in (self.availability, self.batteries, self.max_task_j, self.prefer, self.memory)
         )
 
     def use_states(self, states: ClientStates) -> None:
@@ -89,7 +93,7 @@ class Conditions:
         """Who of ``client_ids`` may be selected at t (``work``: their tasks, needed for the
         energy cap)."""
         ids = np.asarray(client_ids, dtype=np.int64)
-        ok = np.ones(ids.shape, dtype=bool)
+        ok = np.ones(ids.shape, dtype=bool) if self.memory is None else self.memory.fits(ids)
         if self.availability is not None:
             ok &= self.availability.online(ids, t)
         if self.batteries is not None and ok.any():

@@ -424,6 +424,13 @@ class EcomQaLora(TextTask):
         x = self.client_data(0).x_train[:4]
         return train_flops_per_sample(self.build_model(), x)
 
+    def train_memory_bytes(self, batch_size: int) -> int:
+        """The frozen base's weights, the adapter and its gradients, and the activations saved
+        for backward on a batch of ``batch_size`` full-length rows of client 0."""
+        model = self.build_model()
+        x = self.client_data(0).x_train[:1].expand(batch_size, -1).contiguous()
+        return train_memory_bytes(model, x)
+
     # ------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
@@ -510,6 +517,42 @@ def token_f1(pred: list[str], ref: list[str]) -> float:
         return 0.0
     p, r = common / len(pred), common / len(ref)
     return 2 * p * r / (p + r)
+
+
+def train_memory_bytes(model, x: torch.Tensor) -> int:
+    """Weights (base and adapter), the adapter's gradients, and the distinct storages autograd
+    saves for the backward pass of ``x`` (``torch.autograd.graph.saved_tensors_hooks``)."""
+    model.activate()
+    model.train()
+    adapter = {id(p) for p in model.parameters()}
+    weights = sum(p.numel() * p.element_size() for p in model._base.peft.parameters()
+                  if ".lora_" not in _name_of(model, p) or id(p) in adapter)  # fmt: skip
+    grads = sum(p.numel() * p.element_size() for p in model.parameters())
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        if not isinstance(t, torch.nn.Parameter):  # weights are counted once, above
+            storage = t.untyped_storage()
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with (
+        torch.random.fork_rng(devices=[]),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
+        logits = model(x)
+        loss = logits.float().mean()
+    loss.backward()
+    for p in model.parameters():
+        p.grad = None
+    return int(weights + grads + sum(saved.values()))
+
+
+def _name_of(model, param) -> str:
+    for name, p in model._base.peft.named_parameters():
+        if p is param:
+            return name
+    return ""
 
 
 def train_flops_per_sample(model, x: torch.Tensor) -> float:

@@ -178,3 +178,28 @@ def test_adaptive_clipping_tracks_the_update_norms_quantile(ray_session, small_c
     assert result.summary["privacy"]["adaptive_clipping"] is True
     same = _run(small_config, "adaptive-1", workers=1)
     _same_tables(result, same)
+
+
+def test_adaptive_clients_clip_to_the_c_they_received_not_the_initial_one(small_config):
+    # A C that adaptation raised above privacy.clip_norm must bound the uploads, on the client
+    # and in the server's re-check alike.
+    cfg = config_from_dict(small_config)
+    cfg.execution.vectorize = "off"
+    tasks = [Task(c, 1) for c in range(6)]
+    params = flat_params(ClientWorker(cfg).model)
+    raw_cfg = cfg.model_copy(deep=True)
+    raw = ClientWorker(raw_cfg).run_group(
+        GroupJob(0, 1, tasks, [{"params": params}], per_client=True)
+    )
+    norms = np.linalg.norm(raw.aggregate.matrix()[0].astype(np.float64), axis=1)
+    initial, received = float(norms.min()) / 4, float(np.median(norms))
+    private = cfg.model_copy(deep=True)
+    private.privacy = PrivacyConfig(
+        clip_norm=initial, noise_multiplier=0.0, adaptive_clipping={"target_quantile": 0.5}
+    )
+    model = {"params": params, "dp.clip_norm": np.array([received], np.float32)}
+    out = ClientWorker(private).run_group(GroupJob(0, 1, tasks, [model], per_client=True))
+    clipped = np.linalg.norm(out.aggregate.matrix()[0].astype(np.float64), axis=1)
+    assert np.all(clipped <= received * (1 + 1e-6)) and clipped.max() > 2 * initial
+    np.testing.assert_allclose(clipped, np.minimum(norms, received), rtol=1e-5)
+    assert out.num_clipped == int((norms > received).sum())

@@ -140,10 +140,15 @@ class DPClip:
 
     # -- client side
 
+    def _bound(self, up: Upload) -> float:
+        """The C of this upload's round: the server's current one under adaptive clipping (as
+        sent with the model), else the configured one."""
+        if self.adaptive is None:
+            return self.clip_norm
+        return float(np.asarray(up.received[CLIP_NORM]).reshape(-1)[0])
+
     def send(self, up: Upload) -> None:
-        bound = self.clip_norm
-        if self.adaptive is not None:
-            bound = float(np.asarray(up.received[CLIP_NORM]).reshape(-1)[0])
+        bound = self._bound(up)
         up.update, up.clipped = clip(up.update, bound)
         up.weight = 1.0
         if self.local and self.noise_multiplier > 0:
@@ -158,9 +163,10 @@ class DPClip:
             up.extras[UNCLIPPED] = np.array([0.5 - float(up.clipped)])
         if self.secure or self.local:
             return  # a masked or noised vector: its norm is not bounded by C
+        bound = self._bound(up)
         norm = float(np.linalg.norm(np.asarray(up.update, dtype=np.float64)))
-        if norm > self.clip_norm * (1 + 1e-6):
-            up.update, _ = clip(up.update, self.clip_norm)
+        if norm > bound * (1 + 1e-6):
+            up.update, _ = clip(up.update, bound)
 
     def downlink(self, round_: int, cohort) -> dict:
         if self.adaptive is None:

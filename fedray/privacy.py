@@ -1,4 +1,4 @@
-"""User-level differential privacy for synchronous rounds: DP-FedAvg's clip, noise and accountant.
+"""User-level differential privacy: DP-FedAvg's clip, noise and accountant, and their variants.
 
 McMahan, Ramage, Talwar, Zhang, "Learning Differentially Private Recurrent Language Models",
 ICLR 2018 (DP-FedAvg). Central DP with a trusted server: each client's update Δ_k is
@@ -43,6 +43,22 @@ uniform-over-N accounting would understate ε. :class:`fedray.config.Config` and
 :func:`fedray.sim.driver.check_privacy_support` therefore refuse availability below 1 rather
 than report a number that is not a guarantee. A round in which no client was accepted still
 counts (conservative). ``noise_multiplier: 0`` clips only; ε is then infinite.
+
+**Asynchronous rounds (DP-FedBuff**, Huba et al., "Papaya", MLSys 2022): the buffer of K updates
+is the noised sum; each client contributes at most once per buffer (the async driver does not
+dispatch a contributor again before the step), so a server step is a Gaussian mechanism of
+sensitivity C under add/remove-one, ``GaussianDpEvent(z)``, composed over the steps. Dispatch
+follows arrival times, not a sampling scheme an accountant can model, so no amplification by
+sampling is claimed (rigorous and pessimistic; ``sampling`` ``async``).
+
+**Local DP** (``kind: local``): each client noises its own clipped update; its guarantee against
+anyone who sees the upload is a Gaussian mechanism of multiplier z/2 per round it takes part in
+(two of its datasets can move the clipped update by 2C), bounded by taking part in every round
+(``sampling`` ``local``).
+
+**Adaptive clipping** (Andrew et al., NeurIPS 2021): :func:`adaptive_noise_multiplier` and
+:func:`next_clip_norm`; the accountant is unchanged, since the update sum and the bit count
+together are exactly as private as one Gaussian query with multiplier z.
 """
 
 from __future__ import annotations

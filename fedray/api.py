@@ -339,6 +339,9 @@ def run(
         partition = workload.client_statistics()
         if partition is not None:
             run_dir.write_table(PARTITION_FILE, partition)
+        artifacts = workload.save_artifacts(run_dir.path)  # e.g. a locally trained tokenizer
+        if artifacts:
+            summary["artifacts"] = artifacts
         evaluator = Evaluator(
             workload, cfg.seed, cfg.clients.num_clients, cfg.workload.eval_clients
         )

@@ -297,6 +297,12 @@ def test_devices_that_cannot_hold_the_training_footprint_are_never_selected(ray_
     summary = json.loads((result.path / "summary.json").read_text())
     assert summary["ineligible_clients"] == len(phones)
     assert summary["train_memory_bytes"] == workload.train_memory_bytes(8)  # batch_size 8
+    # the tokenizer trained on the federation's text is saved beside the tables, reloadable
+    from tokenizers import Tokenizer
+
+    assert summary["artifacts"] == ["tokenizer.json"]
+    saved = Tokenizer.from_file(str(result.path / "tokenizer.json"))
+    assert saved.get_vocab() == workload.tokens.backend.get_vocab()
 
     # nobody fits: one line, before any round
     raw["clients"]["profile"] = {"memory_gb": 1e-6}

@@ -158,6 +158,11 @@ class Workload(ABC):
         ``train_flops_per_sample``); None where the workload does not measure it."""
         return None
 
+    def save_artifacts(self, folder) -> list[str]:
+        """Write what a user needs beside the run's tables to reuse its results (a tokenizer
+        trained on the federation's text, ...) into ``folder``; the names written."""
+        return []
+
     def train_memory_bytes(self, batch_size: int) -> int | None:
         """Bytes a device needs to train one client at ``batch_size`` — weights, trainable
         parameters' gradients and the activations kept for the backward pass — measured once

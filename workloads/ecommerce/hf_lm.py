@@ -44,6 +44,7 @@ from fedray.workloads.ecommerce.task import TextTask, load_world, world_params
 from fedray.workloads.ecommerce.world import load_or_generate
 
 IGNORE = -100
+TOKENIZER_FILE = "tokenizer.json"  # the locally trained tokenizer, saved beside the run
 _EVAL_CHUNK = 64  # examples per forward pass when scoring (logits are [chunk, vocab, length])
 _SPECIALS = ("<pad>", "<s>", "</s>")
 
@@ -423,6 +424,15 @@ class EcomQaLora(TextTask):
         (full ``max_len`` rows: padding is computed too)."""
         x = self.client_data(0).x_train[:4]
         return train_flops_per_sample(self.build_model(), x)
+
+    def save_artifacts(self, folder) -> list[str]:
+        """The BPE tokenizer trained on the federation's text (``tokenizer.json``, loadable with
+        ``tokenizers.Tokenizer.from_file`` or ``PreTrainedTokenizerFast(tokenizer_file=...)``);
+        nothing for a model directory's own tokenizer."""
+        if self.cfg.model.path is not None:
+            return []
+        self.tokens.backend.save(str(Path(folder) / TOKENIZER_FILE))
+        return [TOKENIZER_FILE]
 
     def train_memory_bytes(self, batch_size: int) -> int:
         """The frozen base's weights, the adapter and its gradients, and the activations saved

@@ -131,12 +131,7 @@ class ProfileModel:
     @property
     def uses_flops(self) -> bool:
         """Whether some client's compute is given in FLOP/s (profile, a tier or the trace)."""
-        tiers = self.cfg.tiers or ()
-        return (
-            (self.trace is not None and "flops" in self.trace)
-            or self.cfg.flops is not None
-            or any(t.flops is not None for t in tiers)
-        )
+        return self._given("flops")
 
     def set_flops_per_sample(self, flops_per_sample: float | None, workload: str) -> None:
         """The workload's measured training FLOPs per sample (``summary.json``), which turns

@@ -34,16 +34,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedray import seeding
 from fedray.errors import UserError
-from fedray.training import local_sgd
 from fedray.workloads.ecommerce import pretrain, qa_data
+from fedray.workloads.ecommerce.lm import IGNORE, token_scores
 from fedray.workloads.ecommerce.task import TextTask, load_world, world_params
 from fedray.workloads.ecommerce.world import load_or_generate
 
-IGNORE = -100
 TOKENIZER_FILE = "tokenizer.json"  # the locally trained tokenizer, saved beside the run
 _EVAL_CHUNK = 64  # examples per forward pass when scoring (logits are [chunk, vocab, length])
 _SPECIALS = ("<pad>", "<s>", "</s>")
@@ -407,10 +405,9 @@ class EcomQaLora(TextTask):
         # update is the same whichever actor trains it and whatever ran there before
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**62)))
-            return local_sgd(
+            return super().local_train(
                 model,
-                data.x_train,
-                data.y_train,
+                data,
                 epochs=epochs,
                 lr=lr,
                 batch_size=batch_size,
@@ -445,14 +442,7 @@ class EcomQaLora(TextTask):
 
     @torch.no_grad()
     def evaluate(self, model, x, y) -> dict[str, float]:
-        nll = correct = tokens = 0.0
-        model.eval()
-        for xb, yb in zip(torch.split(x, _EVAL_CHUNK), torch.split(y, _EVAL_CHUNK), strict=True):
-            logits = model(xb)
-            real = yb != IGNORE
-            nll += F.cross_entropy(logits, yb, ignore_index=IGNORE, reduction="sum").item()
-            correct += (logits.argmax(dim=1)[real] == yb[real]).sum().item()
-            tokens += real.sum().item()
+        nll, correct, tokens = token_scores(model, x, y, _EVAL_CHUNK)
         if not tokens:
             nan = float("nan")
             return {"loss": nan, "accuracy": nan, "perplexity": nan, "exact_match": nan,

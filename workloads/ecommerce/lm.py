@@ -102,18 +102,27 @@ class EcomLM(TextTask):
 
     @torch.no_grad()
     def evaluate(self, model, x, y) -> dict[str, float]:
-        nll = correct = tokens = 0.0
-        model.eval()
-        for xb, yb in zip(torch.split(x, _EVAL_CHUNK), torch.split(y, _EVAL_CHUNK), strict=True):
-            logits = model(xb)
-            real = yb != IGNORE
-            nll += F.cross_entropy(logits, yb, ignore_index=IGNORE, reduction="sum").item()
-            correct += (logits.argmax(dim=1)[real] == yb[real]).sum().item()
-            tokens += real.sum().item()
+        nll, correct, tokens = token_scores(model, x, y, _EVAL_CHUNK)
         if not tokens:
             return {"loss": float("nan"), "accuracy": float("nan"), "perplexity": float("nan")}
         loss = nll / tokens
         return {"loss": loss, "accuracy": correct / tokens, "perplexity": math.exp(loss)}
+
+
+@torch.no_grad()
+def token_scores(model, x, y, chunk: int) -> tuple[float, float, float]:
+    """Summed next-token cross-entropy, correct argmax predictions and scored tokens (targets
+    other than ``IGNORE``) of a language model whose ``model(x)`` gives [batch, vocab, length]
+    logits, ``chunk`` examples per forward pass (full-vocabulary logits are large)."""
+    nll = correct = tokens = 0.0
+    model.eval()
+    for xb, yb in zip(torch.split(x, chunk), torch.split(y, chunk), strict=True):
+        logits = model(xb)
+        real = yb != IGNORE
+        nll += F.cross_entropy(logits, yb, ignore_index=IGNORE, reduction="sum").item()
+        correct += (logits.argmax(dim=1)[real] == yb[real]).sum().item()
+        tokens += real.sum().item()
+    return nll, correct, tokens
 
 
 def unigram_perplexity(

@@ -226,7 +226,8 @@ def _sub_block(block: _Block, ranks: np.ndarray, steps_by_rank: np.ndarray):
     """The block of only the clients at ``ranks`` (sorted; the stack stays ordered by step
     count), with the same minibatches; and the slots of the full block its slots came from."""
     steps = steps_by_rank[ranks]
-    active = np.array([int((steps > t).sum()) for t in range(int(steps.max()))], dtype=np.int64)
+    # as in _schedule: active[t] = clients with more than t steps
+    active = len(steps) - np.searchsorted(np.sort(steps), np.arange(steps.max()), side="right")
     slots = np.concatenate(
         [block.block_start[t] + ranks[:a] for t, a in enumerate(active.tolist())]
     )

@@ -74,12 +74,12 @@ class Conditions:
         self.max_task_j = clients.selection.max_task_energy_j
         self.prefer = clients.selection.prefer_low_energy
         # devices too small for the workload's training footprint (memory_gb) never take part
-        self.memory = profiles if profiles.training_memory is not None else None
+        self.fits = profiles.fits if profiles.training_memory is not None else None
         # with these, a moment when nobody may take part passes: the server waits
         self.waits = self.availability is not None or self.batteries is not None
         self.active = any(
             x is not None
-            for x in (self.availability, self.batteries, self.max_task_j, self.prefer, self.memory)
+            for x in (self.availability, self.batteries, self.max_task_j, self.prefer, self.fits)
         )
 
     def use_states(self, states: ClientStates) -> None:
@@ -93,7 +93,7 @@ class Conditions:
         """Who of ``client_ids`` may be selected at t (``work``: their tasks, needed for the
         energy cap)."""
         ids = np.asarray(client_ids, dtype=np.int64)
-        ok = np.ones(ids.shape, dtype=bool) if self.memory is None else self.memory.fits(ids)
+        ok = np.ones(ids.shape, dtype=bool) if self.fits is None else self.fits(ids)
         if self.availability is not None:
             ok &= self.availability.online(ids, t)
         if self.batteries is not None and ok.any():

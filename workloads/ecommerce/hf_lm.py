@@ -524,9 +524,11 @@ def train_memory_bytes(model, x: torch.Tensor) -> int:
     saves for the backward pass of ``x`` (``torch.autograd.graph.saved_tensors_hooks``)."""
     model.activate()
     model.train()
-    adapter = {id(p) for p in model.parameters()}
-    weights = sum(p.numel() * p.element_size() for p in model._base.peft.parameters()
-                  if ".lora_" not in _name_of(model, p) or id(p) in adapter)  # fmt: skip
+    # the frozen base and this adapter's tensors (FFA-LoRA's frozen A included), not the other
+    # adapters the shared base carries
+    own = f".{model.adapter}."
+    weights = sum(p.numel() * p.element_size() for name, p in model._base.peft.named_parameters()
+                  if ".lora_" not in name or own in name)  # fmt: skip
     grads = sum(p.numel() * p.element_size() for p in model.parameters())
     saved: dict[int, int] = {}
 
@@ -546,13 +548,6 @@ def train_memory_bytes(model, x: torch.Tensor) -> int:
     for p in model.parameters():
         p.grad = None
     return int(weights + grads + sum(saved.values()))
-
-
-def _name_of(model, param) -> str:
-    for name, p in model._base.peft.named_parameters():
-        if p is param:
-            return name
-    return ""
 
 
 def train_flops_per_sample(model, x: torch.Tensor) -> float:
